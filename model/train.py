@@ -1,0 +1,255 @@
+"""The trial loop: ``fit(config, data, report, checkpoint_dir) -> final metrics``.
+
+Pure by design (DESIGN.md convention 3): everything it needs comes in as arguments, it knows
+nothing of studies, Ray or databases, and it talks to the outside only through ``report``
+(called once per epoch) and the checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from model.augment import build_augmentation
+from model.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
+from model.data import DataSplits
+from model.optim import build_optimizer, build_schedule
+from model.resnet import SUPPORTED_DEPTHS, build_resnet
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial trains with. Unknown keys are rejected, so a typo never trains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = 20
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    width: float = Field(1.0, gt=0)
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["constant", "step", "cosine", "onecycle", "warmup_cosine"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(10, ge=1)
+    augmentation: Literal["none", "flip", "crop_flip", "crop_flip_cutout"] = "crop_flip"
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("depth")
+    @classmethod
+    def _known_depth(cls, depth: int) -> int:
+        if depth not in SUPPORTED_DEPTHS:
+            raise ValueError(f"depth must be one of {list(SUPPORTED_DEPTHS)}")
+        return depth
+
+
+class NonFiniteMetricError(FloatingPointError):
+    """A loss or metric became NaN/Inf; ``reason`` is ``nan@epoch N``."""
+
+    def __init__(self, epoch: int, metric: str) -> None:
+        self.epoch = epoch
+        self.metric = metric
+        self.reason = f"nan@epoch {epoch}"
+        super().__init__(f"{self.reason}: {metric} is not finite")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Survive pickling across process boundaries with the original arguments.
+        return (type(self), (self.epoch, self.metric))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Normalizer:
+    """uint8 batch -> float tensor normalised with the training split's statistics."""
+
+    def __init__(self, data: DataSplits, device: torch.device) -> None:
+        mean, std = data.channel_stats()
+        self.mean = mean.view(1, -1, 1, 1).to(device)
+        self.std = std.clamp_min(1.0).view(1, -1, 1, 1).to(device)
+        self.channels_last = device.type == "cuda"
+
+    def __call__(self, images: Tensor) -> Tensor:
+        x = (images.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA needs no loss scaler; the CPU stays in fp32 (bf16 there is slower and noisier).
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    normalize: _Normalizer,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) without label smoothing, so values compare across trials."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with torch.inference_mode(), _autocast(device):
+        for start in range(0, len(labels), batch_size):
+            x = normalize(images[start : start + batch_size])
+            y = labels[start : start + batch_size]
+            logits = model(x).float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+    count = max(1, len(labels))
+    return correct.item() / count, loss_sum.item() / count
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    config: TrialConfig | Mapping[str, Any],
+    data: DataSplits,
+    report: Report,
+    checkpoint_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train one configuration; return the last epoch's metrics.
+
+    After every epoch it saves the whole training state to ``checkpoint_dir/last.pt`` (if
+    given) and calls ``report(metrics)`` with ``epoch``, ``val_acc``, ``val_loss``,
+    ``train_loss``, ``train_acc``, ``lr``, ``epoch_seconds``, ``images_per_s`` and ``device``.
+    If ``checkpoint_dir`` already holds a checkpoint of the same configuration, training
+    continues after its epoch. A NaN/Inf loss raises :class:`NonFiniteMetricError`.
+    """
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.model_validate(dict(config))
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    torch.manual_seed(cfg.seed)
+    model = build_resnet(cfg.depth, data.num_classes, stem=cfg.stem, width=cfg.width).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    train_x = data.train_images.to(device)
+    train_y = data.train_labels.to(device)
+    val_x = data.val_images.to(device)
+    val_y = data.val_labels.to(device)
+    normalize = _Normalizer(data, device)
+    fill = data.channel_stats()[0].round().to(device)
+    augment = build_augmentation(cfg.augmentation, data.image_size, fill)
+
+    n_train = len(train_y)
+    batch_size = min(cfg.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        model.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+    )
+    scheduler = build_schedule(
+        cfg.schedule,
+        optimizer,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+
+    checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        if state.get("config") == cfg.model_dump():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _restore_rng(state["rng"], generator)
+            history = list(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+
+    metrics: dict[str, Any] = history[-1] if history else {}
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(n_train, device=device, generator=generator)
+        for start in range(0, n_train, batch_size):
+            index = order[start : start + batch_size]
+            x = normalize(augment(train_x[index], generator))
+            y = train_y[index]
+            with _autocast(device):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - epoch_start
+        train_loss = loss_sum.item() / n_train
+        if not math.isfinite(train_loss):
+            raise NonFiniteMetricError(epoch, "train_loss")
+        val_acc, val_loss = _evaluate(model, val_x, val_y, normalize, cfg.eval_batch_size, device)
+        if not math.isfinite(val_loss):
+            raise NonFiniteMetricError(epoch, "val_loss")
+        metrics = {
+            "epoch": epoch,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "train_acc": correct.item() / n_train,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "images_per_s": n_train / max(train_seconds, 1e-9),
+            "device": str(device),
+        }
+        history.append(metrics)
+        if checkpoint_path is not None:
+            save_atomic(
+                {
+                    "epoch": epoch,
+                    "config": cfg.model_dump(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(generator),
+                    "history": history,
+                },
+                checkpoint_path,
+            )
+        report(metrics)
+    return metrics

@@ -1,0 +1,196 @@
+"""The study file: YAML -> validated, resolved :class:`StudyConfig`.
+
+Validation happens before anything touches the database or Ray, so a bad file costs nothing
+and writes nothing (the CLI exits with code 2 and names the field).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from model import DATASETS, TrialConfig
+from search.errors import ConfigError
+from spaces import FixedParam, Space, SpaceError, load_space
+from spaces.language import CategoricalParam, FloatParam, IntParam, format_validation_error
+
+DEFAULT_STORAGE = "sqlite:///runs/studies.db"
+OBJECTIVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
+# Set by the study, not searchable: the epoch budget is ASHA's max_epochs.
+STUDY_OWNED_FIELDS = ("epochs",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    name: str = "digits"
+    data_dir: str = "data"
+    val_fraction: float | None = Field(None, gt=0, lt=1)
+    split_seed: int = 0
+    download: bool = True
+
+
+class ObjectiveConfig(_Strict):
+    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss"] = "val_acc"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @property
+    def resolved_direction(self) -> str:
+        if self.direction is not None:
+            return self.direction
+        return "maximize" if self.metric.endswith("acc") else "minimize"
+
+
+class SamplerConfig(_Strict):
+    name: Literal["tpe", "random", "cmaes", "qmc", "grid"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = Field(10, ge=0)
+
+
+class AshaConfig(_Strict):
+    max_epochs: int = Field(ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> AshaConfig:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})"
+            )
+        return self
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class StudyConfig(_Strict):
+    name: str = Field(min_length=1)
+    kind: Literal["search"] = "search"
+    dataset: DatasetConfig = DatasetConfig()
+    space: str | dict[str, Any]
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    objective: ObjectiveConfig = ObjectiveConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    asha: AshaConfig
+    n_trials: int = Field(ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    resources: ResourcesConfig = ResourcesConfig()
+    storage: str = DEFAULT_STORAGE
+    output_dir: str = "runs"
+    # Where the study file lives; relative space paths are looked up there first.
+    source: str | None = Field(None, exclude=True)
+
+    def resolve_space(self) -> Space:
+        base = Path(self.source).parent if self.source else None
+        try:
+            return load_space(self.space, relative_to=base)
+        except SpaceError as error:
+            raise ConfigError(error.path, error.message, self.source) from None
+
+    def trial_defaults(self) -> dict[str, Any]:
+        """Settings every trial shares: the fixed block plus the study-owned epoch budget."""
+        return {**self.fixed, "epochs": self.asha.max_epochs}
+
+    def resolved(self) -> dict[str, Any]:
+        """The study file as it will run (space expanded, defaults filled): provenance."""
+        data = self.model_dump(mode="json")
+        data["space"] = {
+            n: p.model_dump(exclude_none=True) for n, p in self.resolve_space().params.items()
+        }
+        return data
+
+
+def _check_against_trial_config(config: StudyConfig, space: Space) -> None:
+    """Every searched or fixed name must be a trial setting and every value must be valid."""
+    known = set(TrialConfig.model_fields) - set(STUDY_OWNED_FIELDS)
+    for section, names in (("space", space.params), ("fixed", config.fixed)):
+        for name in names:
+            if name in STUDY_OWNED_FIELDS:
+                raise ConfigError(
+                    f"{section}.{name}",
+                    "is set by the study (asha.max_epochs is the epoch budget); remove it",
+                    config.source,
+                )
+            if name not in known:
+                raise ConfigError(
+                    f"{section}.{name}",
+                    f"unknown hyperparameter; known: {sorted(known)}",
+                    config.source,
+                )
+    for name, value in config.fixed.items():
+        _validate_value(config, f"fixed.{name}", name, value)
+    for name, param in space.params.items():
+        for field, value in _representative_values(param):
+            _validate_value(config, f"space.{name}.{field}", name, value)
+
+
+def _representative_values(param: Any) -> list[tuple[str, Any]]:
+    if isinstance(param, CategoricalParam):
+        return [(f"choices[{i}]", choice) for i, choice in enumerate(param.choices)]
+    if isinstance(param, FloatParam | IntParam):
+        return [("low", param.low), ("high", param.high)]
+    if isinstance(param, FixedParam):
+        return [("value", param.value)]
+    return []
+
+
+def _validate_value(config: StudyConfig, path: str, name: str, value: Any) -> None:
+    try:
+        TrialConfig.model_validate({name: value})
+    except PydanticValidationError as error:
+        _, message = format_validation_error(path, error)
+        raise ConfigError(path, message, config.source) from None
+
+
+def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
+    """Validate a study given as a mapping; raise :class:`ConfigError` naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("study", "the study file must be a YAML mapping", source)
+    try:
+        config = StudyConfig.model_validate({**raw, "source": source})
+    except PydanticValidationError as error:
+        path, message = format_validation_error("", error)
+        raise ConfigError(path.lstrip(".") or "study", message, source) from None
+    if config.dataset.name not in DATASETS:
+        raise ConfigError(
+            "dataset.name",
+            f"unknown dataset {config.dataset.name!r}; known: {list(DATASETS)}",
+            source,
+        )
+    space = config.resolve_space()
+    _check_against_trial_config(config, space)
+    if config.sampler.name == "grid":
+        try:
+            space.grid()
+        except SpaceError as error:
+            raise ConfigError(
+                error.path, f"sampler.name is grid: {error.message}", source
+            ) from None
+    return config
+
+
+def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study file; ``overrides`` (e.g. from CLI flags) win over the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("study", f"no study file at {path}") from None
+    except OSError as error:
+        raise ConfigError("study", f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError("study", f"not valid YAML: {error}", str(path)) from None
+    if isinstance(raw, dict) and overrides:
+        raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_study(raw, source=str(path))

@@ -1,0 +1,114 @@
+"""The live view of a running study, and the Ray callback that feeds failures to the searcher."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+import cloudpickle
+from ray.tune import Callback
+
+from search.searcher import SearchProgress, StudySearcher
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def format_progress(
+    progress: SearchProgress, total: int, elapsed: float, direction_word: str = "best"
+) -> str:
+    """One status line: trials by state, best so far, epochs done, elapsed / ETA."""
+    finished = progress.finished
+    eta = _clock(elapsed / finished * max(0, total - finished)) if finished else "?"
+    best = (
+        f"{direction_word} {progress.best_value:.4f} (#{progress.best_number})"
+        if progress.best_value is not None
+        else f"{direction_word} -"
+    )
+    return (
+        f"[{finished}/{total}] running {progress.running} | complete {progress.complete} "
+        f"pruned {progress.pruned} failed {progress.failed} | {best} | "
+        f"epochs {progress.epochs_done} | elapsed {_clock(elapsed)} eta {eta}"
+    )
+
+
+class ProgressView(Callback):
+    """Prints the status line: redrawn in place on a terminal, one line per change in logs."""
+
+    def __init__(
+        self,
+        searcher: StudySearcher,
+        total: int,
+        stream: TextIO | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.searcher = searcher
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self._last_line = ""
+        self._last_draw = 0.0
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_draw < self.interval_s:
+            return
+        line = format_progress(self.searcher.progress(), self.total, now - self.started)
+        self._last_draw = now
+        if self._tty:
+            self.stream.write("\r\x1b[2K" + line)
+        elif line.split(" | elapsed")[0] != self._last_line.split(" | elapsed")[0]:
+            self.stream.write(line + "\n")  # logs get a line only when something changed
+        else:
+            return
+        self._last_line = line
+        self.stream.flush()
+
+    def finish(self) -> None:
+        self.draw(force=True)
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.draw()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.draw(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.draw(force=True)
+
+
+class FailureRecorder(Callback):
+    """Hands each failed trial's exception to the searcher (Ray gives it only to callbacks)."""
+
+    def __init__(self, searcher: StudySearcher) -> None:
+        self.searcher = searcher
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.record_failure(trial.trial_id, _trial_exception(trial))
+
+
+def _trial_exception(trial: Any) -> BaseException | None:
+    """The exception Ray pickled next to the trial, or its text trace if it was not picklable."""
+    pickled = getattr(trial, "pickled_error_file", None)
+    if pickled:
+        try:
+            with open(pickled, "rb") as handle:
+                return cloudpickle.load(handle)
+        except Exception:  # noqa: BLE001 - fall back to the text trace below
+            pass
+    text_file = getattr(trial, "error_file", None)
+    if text_file:
+        try:
+            with open(text_file) as handle:
+                return RuntimeError(handle.read()[-4000:])
+        except OSError:
+            pass
+    return None

@@ -1,0 +1,226 @@
+"""Running a search study: Optuna study in SQL + Ray Tune trials + ASHA, one driver."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.trial import TrialState
+
+from model import DataSplits, load_dataset
+from search.config import SamplerConfig, StudyConfig
+from search.progress import FailureRecorder, ProgressView
+from search.provenance import git_sha, host, package_version
+from search.searcher import SearchProgress, StudySearcher
+from search.storage import open_storage
+from spaces import Space
+
+# Our SQL study is the record; Tune's per-trial CSV/JSON/TensorBoard files would only repeat it.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    study_name: str
+    storage: str
+    trials_this_run: int
+    progress: SearchProgress
+    wall_seconds: float
+    best_value: float | None
+    best_number: int | None
+    best_params: dict[str, Any]
+    counts: dict[str, int]
+    checkpoint_root: Path
+
+
+def build_sampler(config: SamplerConfig, space: Space, seed: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if config.name == "tpe":
+            # multivariate + group model the joint, conditional space; constant_liar keeps
+            # parallel workers from proposing the same point while trials are running.
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+                n_startup_trials=config.n_startup_trials,
+            )
+        if config.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if config.name == "cmaes":
+            return optuna.samplers.CmaEsSampler(
+                seed=seed, n_startup_trials=config.n_startup_trials, warn_independent_sampling=False
+            )
+        if config.name == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+
+
+def load_data(config: StudyConfig) -> DataSplits:
+    dataset = config.dataset
+    return load_dataset(
+        dataset.name,
+        data_dir=Path(dataset.data_dir).expanduser().resolve(),
+        val_fraction=dataset.val_fraction,
+        split_seed=dataset.split_seed,
+        download=dataset.download,
+    )
+
+
+def prepare_study(config: StudyConfig, space: Space) -> optuna.Study:
+    """Create the study (or load it to continue) with provenance in its user attributes."""
+    storage = open_storage(config.storage)
+    direction = config.objective.resolved_direction
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage, study_name=config.name, direction=direction, load_if_exists=True
+    )
+    # A seed derived from the trials already there: a continued study must not replay the
+    # configurations of its first run (measured: the same seed replays them exactly).
+    study.sampler = build_sampler(config.sampler, space, config.sampler.seed + len(study.trials))
+    if "study_file" not in study.user_attrs:
+        study.set_user_attr("study_file", config.resolved())
+        study.set_user_attr("package_version", package_version())
+        study.set_user_attr("git_sha", git_sha())
+        study.set_user_attr("created_on_host", host())
+    return study
+
+
+def _init_ray() -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    return True
+
+
+def run_study(config: StudyConfig, stream: TextIO | None = None) -> RunSummary:
+    """Run ``config`` to its trial budget; every trial and epoch lands in the SQL study."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.scheduler import RecordingASHA
+
+    stream = stream or sys.stdout
+    started = time.monotonic()
+    space = config.resolve_space()
+    data = load_data(config)  # fails before any database write if the data is missing
+    study = prepare_study(config, space)
+    finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+    to_run = max(0, config.n_trials - finished_before)
+    output_dir = Path(config.output_dir).expanduser().resolve()
+    checkpoint_root = output_dir / "checkpoints" / config.name
+    metric = config.objective.metric
+    mode = "max" if config.objective.resolved_direction == "maximize" else "min"
+
+    asha_stopped: set[str] = set()
+    searcher = StudySearcher(
+        study,
+        space,
+        config.trial_defaults(),
+        metric=metric,
+        mode=mode,
+        max_epochs=config.asha.max_epochs,
+        checkpoint_root=checkpoint_root,
+        asha_stopped=asha_stopped,
+        cpu_threads=max(1, int(config.resources.cpu)),
+    )
+    if config.asha.enabled:
+        scheduler = RecordingASHA(
+            stopped_early=asha_stopped,
+            time_attr="epoch",
+            max_t=config.asha.max_epochs,
+            grace_period=config.asha.grace_period,
+            reduction_factor=config.asha.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    stream.write(
+        f"study {config.name!r} in {config.storage}: {finished_before} finished trials, "
+        f"running {to_run} more ({config.max_concurrent} at a time, "
+        f"{config.resources.cpu:g} CPU / {config.resources.gpu:g} GPU each)\n"
+    )
+    stream.flush()
+    progress = ProgressView(searcher, total=to_run, stream=stream)
+    if to_run:
+        started_ray = _init_ray()
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable(), data=data),
+            {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=to_run,
+                max_concurrent_trials=config.max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(output_dir / "ray"),
+                verbose=0,
+                callbacks=[FailureRecorder(searcher), progress],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+        try:
+            tuner.fit()
+        finally:
+            searcher.close()
+            progress.finish()
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    return _summarise(config, study, searcher, to_run, time.monotonic() - started, checkpoint_root)
+
+
+def _trainable() -> Any:
+    from search.trainable import train_trial
+
+    return train_trial
+
+
+def _summarise(
+    config: StudyConfig,
+    study: optuna.Study,
+    searcher: StudySearcher,
+    to_run: int,
+    wall_seconds: float,
+    checkpoint_root: Path,
+) -> RunSummary:
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: 0 for state in TrialState}
+    for trial in trials:
+        counts[trial.state.name] += 1
+    best = None
+    if counts["COMPLETE"]:
+        best = study.best_trial
+    return RunSummary(
+        study_name=config.name,
+        storage=config.storage,
+        trials_this_run=to_run,
+        progress=searcher.progress(),
+        wall_seconds=wall_seconds,
+        best_value=best.value if best else None,
+        best_number=best.number if best else None,
+        best_params=dict(best.params) if best else {},
+        counts={k: v for k, v in counts.items() if v},
+        checkpoint_root=checkpoint_root,
+    )

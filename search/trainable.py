@@ -1,0 +1,17 @@
+"""The function Ray Tune runs in each trial actor: unpack the config, call ``model.fit``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray import tune
+
+from model import DataSplits, fit
+
+
+def train_trial(config: dict[str, Any], data: DataSplits) -> None:
+    """``config`` comes from :class:`search.searcher.StudySearcher.suggest`; ``data`` from
+    the object store (``tune.with_parameters`` puts it there once per study)."""
+    torch.set_num_threads(max(1, int(config.get("cpu_threads", 1))))
+    fit(config["trial"], data, tune.report, config["checkpoint_dir"])
