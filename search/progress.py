@@ -52,7 +52,17 @@ class ProgressView(Callback):
         self.started = time.monotonic()
         self._last_line = ""
         self._last_draw = 0.0
+        self._last_print = 0.0
+        self.log_heartbeat_s = 30.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment folder; a stream does not pickle.
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stdout
 
     def draw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -62,8 +72,13 @@ class ProgressView(Callback):
         self._last_draw = now
         if self._tty:
             self.stream.write("\r\x1b[2K" + line)
-        elif line.split(" | elapsed")[0] != self._last_line.split(" | elapsed")[0]:
-            self.stream.write(line + "\n")  # logs get a line only when something changed
+        elif (
+            line.split(" | epochs")[0] != self._last_line.split(" | epochs")[0]
+            or now - self._last_print >= self.log_heartbeat_s
+        ):
+            # Logs get a line when a trial starts or ends, and a heartbeat in between.
+            self.stream.write(line + "\n")
+            self._last_print = now
         else:
             return
         self._last_line = line

@@ -15,7 +15,7 @@ mistake is a :class:`SpaceError` whose ``path`` names the field, e.g. ``space.lr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import optuna
 from optuna.distributions import (
@@ -24,12 +24,28 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 from pydantic import ValidationError as PydanticValidationError
 
-Choice = StrictBool | StrictInt | StrictFloat | StrictStr | None
-Condition = dict[str, list[Choice]]
 _SCALARS = (bool, int, float, str, type(None))
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, _SCALARS):
+        raise ValueError("must be a number, string, bool or null (what Optuna can store)")
+    return value
+
+
+Choice = Annotated[Any, AfterValidator(_scalar)]
+Condition = dict[str, list[Choice]]
 
 
 class SpaceError(ValueError):

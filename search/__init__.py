@@ -1,0 +1,34 @@
+"""The service: study files, SQL storage, the Ray/Optuna searcher, reports and the CLI."""
+
+from search.config import DEFAULT_STORAGE, StudyConfig, load_study_file, parse_study
+from search.errors import ConfigError, StorageError, StudyNotFoundError, UserError
+from search.report import best_trials, build_report, learning_curves, rung_epoch, write_report
+from search.runner import RunSummary, run_study
+from search.searcher import SearchProgress, StudySearcher
+from search.storage import open_storage, open_storage_readonly
+from search.studies import StudyRow, list_studies, load_study_readonly
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "ConfigError",
+    "RunSummary",
+    "SearchProgress",
+    "StorageError",
+    "StudyConfig",
+    "StudyNotFoundError",
+    "StudyRow",
+    "StudySearcher",
+    "UserError",
+    "best_trials",
+    "build_report",
+    "learning_curves",
+    "list_studies",
+    "load_study_file",
+    "load_study_readonly",
+    "open_storage",
+    "open_storage_readonly",
+    "parse_study",
+    "run_study",
+    "rung_epoch",
+    "write_report",
+]

@@ -1,0 +1,105 @@
+"""``resnet-hpo`` / ``python -m search``: run, studies, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model import DataError
+from search.config import DEFAULT_STORAGE
+from search.errors import UserError
+from spaces import SpaceError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from search.config import load_study_file
+    from search.runner import run_study
+
+    config = load_study_file(args.study, {"storage": args.storage, "name": args.study_name})
+    summary = run_study(config)
+    counts = ", ".join(f"{state} {n}" for state, n in summary.counts.items())
+    print(
+        f"\nstudy {summary.study_name!r}: {counts} (this run: {summary.trials_this_run} trials "
+        f"in {summary.wall_seconds:.1f} s)"
+    )
+    if summary.best_value is not None:
+        metric = config.objective.metric
+        print(f"best {metric} = {summary.best_value:.4f} (trial #{summary.best_number})")
+        for name, value in summary.best_params.items():
+            print(f"  {name}: {value}")
+    print(f"storage:     {summary.storage}")
+    print(f"checkpoints: {summary.checkpoint_root}")
+    print(
+        f"report:      resnet-hpo report --study {summary.study_name} "
+        f"--storage '{summary.storage}' -o runs/{summary.study_name}.html"
+    )
+    return 0
+
+
+def _cmd_studies(args: argparse.Namespace) -> int:
+    from search.studies import format_study_table, list_studies
+
+    rows = list_studies(args.storage)
+    print(format_study_table(rows) if rows else f"no studies in {args.storage}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.report import write_report
+    from search.studies import load_study_readonly
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study_readonly(args.study, args.storage)
+    path = write_report(study, args.output, importance=args.importance)
+    print(f"report written to {path.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-hpo",
+        description="Hyperparameter search for ResNet classifiers (Ray Tune + Optuna + ASHA).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run (or continue) the study in a study file")
+    run.add_argument("study", type=Path, help="study file (YAML), e.g. studies/quickstart.yaml")
+    run.add_argument("--storage", help="SQLAlchemy URL; overrides the study file's storage")
+    run.add_argument("--study-name", help="overrides the study file's name")
+    run.set_defaults(handler=_cmd_run)
+
+    studies = commands.add_parser("studies", help="list studies with trial counts and best value")
+    studies.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    studies.set_defaults(handler=_cmd_studies)
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of a study")
+    report.add_argument("--study", required=True, help="study name")
+    report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    report.add_argument(
+        "--importance",
+        choices=("ped-anova", "fanova"),
+        default="ped-anova",
+        help="importance evaluator (PED-ANOVA is fast; fANOVA fits random forests)",
+    )
+    report.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UserError, SpaceError, DataError) as error:
+        print(f"resnet-hpo: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import CIFAR10
+
+from model import DataError, load_cifar10, load_dataset, load_digits
+from model import data as data_module
+from tests.cifar_files import CLASSES, write_cifar10
+
+
+def test_digits_split_is_fixed_by_its_seed() -> None:
+    first = load_digits(split_seed=0)
+    again = load_digits(split_seed=0)
+    other = load_digits(split_seed=1)
+    assert first.sizes() == {"train": 1149, "val": 288, "test": 360}
+    assert first.train_images.shape[1:] == (3, 16, 16)
+    assert first.train_images.dtype == torch.uint8
+    assert torch.equal(first.val_labels, again.val_labels)
+    assert torch.equal(first.val_images, again.val_images)
+    assert not torch.equal(first.val_images, other.val_images)
+    # The test split never depends on the validation seed.
+    assert torch.equal(first.test_images, other.test_images)
+    # Stratified: every class is in the validation split.
+    assert set(first.val_labels.tolist()) == set(range(10))
+
+
+def test_cifar10_reader_on_files_in_the_standard_format(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path, per_batch=40, test_size=30)
+    splits = load_cifar10(tmp_path, val_fraction=0.1, download=False)
+    assert splits.sizes() == {"train": 180, "val": 20, "test": 30}
+    assert splits.classes == tuple(CLASSES)
+    assert splits.train_images.shape[1:] == (3, 32, 32)
+    # The reader keeps the CHW byte layout of the pickles: image 0 of the test batch.
+    import pickle
+
+    with (folder / "test_batch").open("rb") as handle:
+        raw = pickle.load(handle, encoding="latin1")
+    assert torch.equal(splits.test_images[0], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
+    again = load_dataset("cifar10", data_dir=tmp_path, split_seed=0, download=False)
+    assert torch.equal(splits.val_labels, again.val_labels)
+
+
+def test_cifar10_constants_match_torchvision() -> None:
+    assert CIFAR10.url == data_module.CIFAR10_URL
+    assert CIFAR10.filename == data_module.CIFAR10_ARCHIVE
+    assert CIFAR10.tgz_md5 == data_module.CIFAR10_ARCHIVE_MD5
+    assert CIFAR10.base_folder == data_module.CIFAR10_FOLDER
+
+
+def test_offline_and_missing_names_the_folder_and_the_archive(tmp_path: Path) -> None:
+    # Port 9 (discard) refuses at once: the real download path, without the internet.
+    with pytest.raises(DataError) as error:
+        load_cifar10(tmp_path / "empty", url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+    message = str(error.value)
+    assert str(tmp_path / "empty" / "cifar-10-batches-py") in message
+    assert "cifar-10-python.tar.gz" in message and CIFAR10.url in message
+
+
+def test_missing_without_download_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dataset.download"):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_corrupt_batch_names_the_file(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist")

@@ -1,0 +1,116 @@
+"""The searcher end to end: real Ray, real ASHA, real SQLite file and real PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import parse_study, run_study
+from search.runner import prepare_study
+from tests.studies import tiny_study
+
+GOOD = {"lr": 0.05, "device": "cpu"}
+SLOW = {"lr": 1e-7, "device": "cpu"}  # learns nothing in one epoch: ASHA stops it
+DIVERGES = {"lr": 1e9, "device": "cpu"}  # NaN loss in epoch 1
+BROKEN = {"lr": 0.05, "device": "cuda"}  # raises: no GPU on the test machines
+
+
+def _states_study(name: str, storage: str, output_dir: Path) -> dict:
+    return tiny_study(
+        name,
+        storage,
+        output_dir,
+        space={
+            "depth": 8,
+            "optimizer": "sgd",
+            "lr": {"type": "categorical", "choices": [0.05, 1e-7, 1e9]},
+            "device": {"type": "categorical", "choices": ["cpu", "cuda"]},
+        },
+        fixed={"width": 0.5, "batch_size": 32, "augmentation": "none", "schedule": "constant"},
+        n_trials=4,
+        max_concurrent=1,  # sequential, so ASHA's rung comparison is deterministic
+    )
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_every_trial_ends_in_an_honest_state(
+    storage_url: str, study_name: str, tmp_path: Path
+) -> None:
+    config = parse_study(_states_study(study_name, storage_url, tmp_path))
+    study = prepare_study(config, config.resolve_space())
+    for params in (GOOD, SLOW, DIVERGES, BROKEN):
+        study.enqueue_trial(params)
+
+    summary = run_study(config)
+
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.FAIL,
+    ]
+    good, slow, diverged, broken = trials
+
+    assert sorted(good.intermediate_values) == [1, 2, 3]
+    assert good.value == good.intermediate_values[3]
+    assert good.user_attrs["stop_reason"] == "completed"
+    assert good.user_attrs["epochs_done"] == 3
+
+    # The result that made ASHA stop the trial is stored too.
+    assert list(slow.intermediate_values) == [1]
+    assert slow.user_attrs["stop_reason"] == "asha"
+    assert slow.user_attrs["epochs_done"] == 1
+    assert slow.intermediate_values[1] < good.intermediate_values[1]
+
+    assert diverged.user_attrs["stop_reason"] == "nan@epoch 1"
+    assert "not finite" in diverged.user_attrs["error"]
+    assert diverged.intermediate_values == {}
+
+    assert broken.user_attrs["stop_reason"].startswith("exception:")
+    assert broken.user_attrs["error"]
+
+    for trial in trials:
+        assert trial.user_attrs["ray_trial_id"]
+        assert trial.user_attrs["checkpoint"].startswith(str(tmp_path))
+        assert trial.user_attrs["wall_seconds"] > 0
+        assert trial.user_attrs["config"]["epochs"] == 3
+    for trial in (good, slow):
+        assert trial.user_attrs["device"] == "cpu"
+        assert (Path(trial.user_attrs["checkpoint"]) / "last.pt").is_file()
+
+    loaded = optuna.load_study(study_name=study_name, storage=storage_url)
+    assert loaded.best_trial.number == good.number
+    assert loaded.user_attrs["study_file"]["name"] == study_name
+    assert loaded.user_attrs["package_version"]
+    assert "git_sha" in loaded.user_attrs
+    assert summary.counts == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 2}
+    assert summary.best_number == good.number
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_parallel_search_records_every_epoch(
+    storage_url: str, study_name: str, tmp_path: Path
+) -> None:
+    config = parse_study(
+        tiny_study(study_name, storage_url, tmp_path, n_trials=6, sampler={"name": "tpe"})
+    )
+    summary = run_study(config)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    states = [t.state for t in study.trials]
+    assert len(states) == 6
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert summary.progress.finished == 6
+    for trial in study.trials:
+        epochs = trial.user_attrs["epochs_done"]
+        assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+        if trial.state == TrialState.COMPLETE:
+            assert epochs == 3
+        elif trial.state == TrialState.PRUNED:
+            assert epochs < 3
+    # Conditional parameter: momentum only where the optimizer is SGD.
+    for trial in study.trials:
+        assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd")
