@@ -1,19 +1,37 @@
 """Augmentations applied to whole uint8 batches on the training device.
 
-No PIL and no per-image Python: each augmentation is a few tensor operations over the batch
-(random offsets, masks and gathers drawn from one ``torch.Generator``), so the same code runs on
-the CPU in tests and on the GPU, where per-image CPU pipelines cap throughput (DESIGN.md).
+No PIL and no per-image Python: crops, flips and cutout are a few tensor operations over the
+batch (random offsets, masks and gathers drawn from one ``torch.Generator``), so the same code
+runs on the CPU in tests and on the GPU, where per-image CPU pipelines cap throughput
+(DESIGN.md). The learned policies come from torchvision's transforms v2, which draw one
+operation per call; they are applied to a fixed number of groups per batch, so each group of
+images gets its own operation at a cost of ``POLICY_GROUPS`` calls per batch, not one per image.
+MixUp and CutMix (also transforms v2) mix the normalised batch and return soft targets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torchvision.transforms import v2
 
 BatchAugment = Callable[[Tensor, torch.Generator], Tensor]
-AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "crop_flip", "crop_flip_cutout")
+BatchMix = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+AUGMENTATIONS: tuple[str, ...] = (
+    "none",
+    "flip",
+    "crop_flip",
+    "crop_flip_cutout",
+    "autoaugment",
+    "randaugment",
+    "trivialaugment",
+    "crop_flip_mixup",
+    "crop_flip_cutmix",
+)
+POLICY_GROUPS = 16
 
 
 def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -36,7 +54,7 @@ def random_crop(images: Tensor, generator: torch.Generator, padding: int) -> Ten
     batch = torch.arange(n, device=device)[:, None, None]
     # Advanced indexing on dims 0, 2, 3 puts the channel dim last: n x H x W x C.
     cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-    return cropped.permute(0, 3, 1, 2).contiguous(memory_format=torch.contiguous_format)
+    return cropped.permute(0, 3, 1, 2).contiguous()
 
 
 def random_cutout(images: Tensor, generator: torch.Generator, size: int, fill: Tensor) -> Tensor:
@@ -56,30 +74,85 @@ def random_cutout(images: Tensor, generator: torch.Generator, size: int, fill: T
     return torch.where(inside[:, None], fill.to(images.dtype).view(1, -1, 1, 1), images)
 
 
-def build_augmentation(name: str, image_size: int, fill: Tensor) -> BatchAugment:
-    """The batch augmentation called ``name``, scaled to ``image_size``.
+def grouped_policy(policy: Callable[[Tensor], Tensor], groups: int = POLICY_GROUPS) -> BatchAugment:
+    """Apply a transforms-v2 policy to ``groups`` slices of the batch, each its own draw.
+
+    Which slice gets which operation is decided by the generator's shuffle of the batch.
+    """
+
+    def apply(images: Tensor, generator: torch.Generator) -> Tensor:
+        order = torch.randperm(images.shape[0], generator=generator, device=images.device)
+        shuffled = images[order]
+        parts = [policy(chunk) for chunk in shuffled.chunk(groups)]
+        out = torch.empty_like(images)
+        out[order] = torch.cat(parts)
+        return out
+
+    return apply
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """``pixels`` runs on uint8 batches; ``mix`` (optional) on normalised batches + labels."""
+
+    name: str
+    pixels: BatchAugment
+    mix: BatchMix | None = None
+
+
+def _chain(*steps: BatchAugment) -> BatchAugment:
+    def apply(images: Tensor, generator: torch.Generator) -> Tensor:
+        for step in steps:
+            images = step(images, generator)
+        return images
+
+    return apply
+
+
+def build_augmentation(
+    name: str, image_size: int, fill: Tensor, num_classes: int = 10
+) -> Augmentation:
+    """The augmentation called ``name``, scaled to ``image_size``.
 
     Crop padding is image_size/8 (4 px at 32 px, as in He et al. 2015) and cutout covers
-    half the side (16 px at 32 px).
+    half the side (16 px at 32 px). The learned policies follow a crop and flip, as in their
+    papers' CIFAR-10 set-ups.
     """
     padding = max(1, image_size // 8)
     cutout = max(1, image_size // 2)
 
+    def crop(images: Tensor, generator: torch.Generator) -> Tensor:
+        return random_crop(images, generator, padding)
+
+    def cut(images: Tensor, generator: torch.Generator) -> Tensor:
+        return random_cutout(images, generator, cutout, fill)
+
     def none(images: Tensor, generator: torch.Generator) -> Tensor:
         return images
 
-    def crop_flip(images: Tensor, generator: torch.Generator) -> Tensor:
-        return random_flip(random_crop(images, generator, padding), generator)
-
-    def crop_flip_cutout(images: Tensor, generator: torch.Generator) -> Tensor:
-        return random_cutout(crop_flip(images, generator), generator, cutout, fill)
-
-    table: dict[str, BatchAugment] = {
-        "none": none,
-        "flip": random_flip,
-        "crop_flip": crop_flip,
-        "crop_flip_cutout": crop_flip_cutout,
+    crop_flip = _chain(crop, random_flip)
+    table: dict[str, Callable[[], Augmentation]] = {
+        "none": lambda: Augmentation(name, none),
+        "flip": lambda: Augmentation(name, random_flip),
+        "crop_flip": lambda: Augmentation(name, crop_flip),
+        "crop_flip_cutout": lambda: Augmentation(name, _chain(crop, random_flip, cut)),
+        "autoaugment": lambda: Augmentation(
+            name,
+            _chain(crop_flip, grouped_policy(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))),
+        ),
+        "randaugment": lambda: Augmentation(
+            name, _chain(crop_flip, grouped_policy(v2.RandAugment()))
+        ),
+        "trivialaugment": lambda: Augmentation(
+            name, _chain(crop_flip, grouped_policy(v2.TrivialAugmentWide()))
+        ),
+        "crop_flip_mixup": lambda: Augmentation(
+            name, crop_flip, v2.MixUp(alpha=1.0, num_classes=num_classes)
+        ),
+        "crop_flip_cutmix": lambda: Augmentation(
+            name, crop_flip, v2.CutMix(alpha=1.0, num_classes=num_classes)
+        ),
     }
     if name not in table:
         raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {name!r}")
-    return table[name]
+    return table[name]()

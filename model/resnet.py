@@ -145,6 +145,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{index + 1}", self._make_layer(block, width, blocks, stride))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(stage_widths[-1] * block.expansion, num_classes)
+        self._frozen: list[nn.Module] = []
         self._init_weights()
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -169,6 +170,27 @@ class ResNet(nn.Module):
         """``[stem, layer1, ..., layerK]``: the units that freeze depth counts."""
         stem = nn.ModuleList([self.conv1, self.bn1])
         return [stem, *(getattr(self, f"layer{i + 1}") for i in range(self.num_stages))]
+
+    def freeze(self, depth: int) -> list[nn.Module]:
+        """Freeze the first ``depth`` units of ``[stem, layer1, ...]``: 0 trains everything,
+        1 freezes the stem, 2.. also layer1..; past the last stage only ``fc`` trains.
+
+        Frozen parameters get ``requires_grad=False``; as the frozen units form a prefix of the
+        network, autograd records nothing for them, so no backward pass runs through them.
+        Their BatchNorm layers stay in eval mode (see :meth:`train`).
+        """
+        if depth < 0:
+            raise ValueError(f"freeze depth must be >= 0, got {depth}")
+        self._frozen = self.stages()[:depth]
+        for unit in self._frozen:
+            unit.requires_grad_(False)
+        return self._frozen
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        for unit in self._frozen:
+            unit.eval()  # frozen BatchNorm keeps its running statistics
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -14,20 +14,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from model.augment import build_augmentation
+from model.augment import AUGMENTATIONS, build_augmentation
 from model.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from model.data import DataSplits
+from model.device_data import on_device
 from model.optim import build_optimizer, build_schedule
-from model.resnet import SUPPORTED_DEPTHS, build_resnet
+from model.pretrained import (
+    IMAGENET,
+    IMAGENET_DEPTHS,
+    checkpoint_state_dict,
+    imagenet_state_dict,
+    imagenet_weights,
+    load_backbone,
+)
+from model.resnet import SUPPORTED_DEPTHS, ResNet, build_resnet
 
 Report = Callable[[dict[str, Any]], None]
 
 
-class TrialConfig(BaseModel):
-    """Everything one trial trains with. Unknown keys are rejected, so a typo never trains."""
+class TrialSettings(BaseModel):
+    """Every trial setting, each validated on its own (see :class:`TrialConfig`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,10 +52,16 @@ class TrialConfig(BaseModel):
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(10, ge=1)
-    augmentation: Literal["none", "flip", "crop_flip", "crop_flip_cutout"] = "crop_flip"
+    augmentation: str = "crop_flip"
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = Field(1024, ge=1)
+    # Fine-tuning: "imagenet", a checkpoint path, or None for random initialisation.
+    pretrained: str | None = None
+    freeze_depth: int = Field(0, ge=0, le=5)
+    # Input side length fed to the network (resized on the device); None keeps the data's.
+    resolution: int | None = Field(None, ge=8, le=1024)
+    compile: bool = False
 
     @field_validator("depth")
     @classmethod
@@ -54,6 +69,32 @@ class TrialConfig(BaseModel):
         if depth not in SUPPORTED_DEPTHS:
             raise ValueError(f"depth must be one of {list(SUPPORTED_DEPTHS)}")
         return depth
+
+    @field_validator("augmentation")
+    @classmethod
+    def _known_augmentation(cls, name: str) -> str:
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}")
+        return name
+
+
+class TrialConfig(TrialSettings):
+    """Everything one trial trains with. Unknown keys are rejected, so a typo never trains,
+    and settings that only make sense together are checked together."""
+
+    @model_validator(mode="after")
+    def _fine_tuning_is_consistent(self) -> TrialConfig:
+        if self.freeze_depth and not self.pretrained:
+            raise ValueError("freeze_depth > 0 needs pretrained weights (pretrained: ...)")
+        imagenet_shaped = (
+            self.stem == "imagenet" and self.depth in IMAGENET_DEPTHS and self.width == 1
+        )
+        if self.pretrained == IMAGENET and not imagenet_shaped:
+            raise ValueError(
+                "pretrained: imagenet needs stem: imagenet, width: 1 and depth in "
+                f"{list(IMAGENET_DEPTHS)}"
+            )
+        return self
 
 
 class NonFiniteMetricError(FloatingPointError):
@@ -77,17 +118,58 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _Normalizer:
-    """uint8 batch -> float tensor normalised with the training split's statistics."""
+    """uint8 batch -> normalised, resized network input.
 
-    def __init__(self, data: DataSplits, device: torch.device) -> None:
-        mean, std = data.channel_stats()
-        self.mean = mean.view(1, -1, 1, 1).to(device)
-        self.std = std.clamp_min(1.0).view(1, -1, 1, 1).to(device)
+    On CUDA the result is bf16 and channels_last (what the tensor cores want); on the CPU it
+    stays fp32. ImageNet-pretrained models get ImageNet's statistics, others the training
+    split's.
+    """
+
+    def __init__(
+        self, mean: Tensor, std: Tensor, device: torch.device, resolution: int | None
+    ) -> None:
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.mean = mean.view(1, -1, 1, 1).to(device=device, dtype=self.dtype)
+        self.std = std.clamp_min(1e-3).view(1, -1, 1, 1).to(device=device, dtype=self.dtype)
         self.channels_last = device.type == "cuda"
+        self.resolution = resolution
 
     def __call__(self, images: Tensor) -> Tensor:
-        x = (images.float() - self.mean) / self.std
+        x = (images.to(self.dtype) - self.mean) / self.std
+        if self.resolution is not None and x.shape[-1] != self.resolution:
+            x = nn.functional.interpolate(
+                x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False
+            )
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def _statistics(cfg: TrialConfig, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    if cfg.pretrained != IMAGENET:
+        return mean, std
+    transforms = imagenet_weights(cfg.depth).transforms()
+    scale = 255.0  # torchvision's statistics are for 0..1 pixels; ours are 0..255
+    return (
+        torch.tensor(transforms.mean, device=mean.device) * scale,
+        torch.tensor(transforms.std, device=mean.device) * scale,
+    )
+
+
+def build_model(cfg: TrialConfig, num_classes: int) -> ResNet:
+    """The trial's network: initialised (or pretrained, with a new head) and frozen."""
+    model = build_resnet(cfg.depth, num_classes, stem=cfg.stem, width=cfg.width)
+    if cfg.pretrained == IMAGENET:
+        load_backbone(model, imagenet_state_dict(cfg.depth), f"torchvision resnet{cfg.depth}")
+    elif cfg.pretrained:
+        state, trained_with = checkpoint_state_dict(cfg.pretrained)
+        for key in ("depth", "stem", "width"):
+            if key in trained_with and trained_with[key] != getattr(cfg, key):
+                raise ValueError(
+                    f"pretrained checkpoint {cfg.pretrained} was trained with {key}="
+                    f"{trained_with[key]!r}, this trial has {key}={getattr(cfg, key)!r}"
+                )
+        load_backbone(model, state, cfg.pretrained)
+    model.freeze(cfg.freeze_depth)
+    return model
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -152,24 +234,27 @@ def fit(
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(cfg.seed)
-    model = build_resnet(cfg.depth, data.num_classes, stem=cfg.stem, width=cfg.width).to(device)
+    model = build_model(cfg, data.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    # Dynamo caches compiled code per architecture in the process, so in a reused actor only
+    # the first trial of each architecture pays for compilation.
+    step_model = torch.compile(model) if cfg.compile else model
 
-    train_x = data.train_images.to(device)
-    train_y = data.train_labels.to(device)
-    val_x = data.val_images.to(device)
-    val_y = data.val_labels.to(device)
-    normalize = _Normalizer(data, device)
-    fill = data.channel_stats()[0].round().to(device)
-    augment = build_augmentation(cfg.augmentation, data.image_size, fill)
+    resident = on_device(data, device)
+    train_x, train_y = resident.train_images, resident.train_labels
+    val_x, val_y = resident.val_images, resident.val_labels
+    normalize = _Normalizer(*_statistics(cfg, resident.mean, resident.std), device, cfg.resolution)
+    augment = build_augmentation(
+        cfg.augmentation, data.image_size, resident.mean.round(), data.num_classes
+    )
 
     n_train = len(train_y)
     batch_size = min(cfg.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / batch_size)
     optimizer = build_optimizer(
         cfg.optimizer,
-        model.parameters(),
+        [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
@@ -206,11 +291,15 @@ def fit(
         order = torch.randperm(n_train, device=device, generator=generator)
         for start in range(0, n_train, batch_size):
             index = order[start : start + batch_size]
-            x = normalize(augment(train_x[index], generator))
+            x = normalize(augment.pixels(train_x[index], generator))
             y = train_y[index]
+            target: Tensor = y
+            if augment.mix is not None:
+                x, target = augment.mix(x, y)  # soft targets
+                y = target.argmax(dim=1)
             with _autocast(device):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
+                logits = step_model(x)
+                loss = criterion(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -223,7 +312,9 @@ def fit(
         train_loss = loss_sum.item() / n_train
         if not math.isfinite(train_loss):
             raise NonFiniteMetricError(epoch, "train_loss")
-        val_acc, val_loss = _evaluate(model, val_x, val_y, normalize, cfg.eval_batch_size, device)
+        val_acc, val_loss = _evaluate(
+            step_model, val_x, val_y, normalize, cfg.eval_batch_size, device
+        )
         if not math.isfinite(val_loss):
             raise NonFiniteMetricError(epoch, "val_loss")
         metrics = {

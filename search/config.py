@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from model import DATASETS, TrialConfig
+from model.train import TrialSettings
 from search.errors import ConfigError
 from spaces import FixedParam, Space, SpaceError, load_space
 from spaces.language import CategoricalParam, FloatParam, IntParam, format_validation_error
@@ -133,6 +135,26 @@ def _check_against_trial_config(config: StudyConfig, space: Space) -> None:
     for name, param in space.params.items():
         for field, value in _representative_values(param):
             _validate_value(config, f"space.{name}.{field}", name, value)
+    _check_combinations(config, space)
+
+
+def _check_combinations(config: StudyConfig, space: Space, samples: int = 32) -> None:
+    """Settings that only make sense together (freeze_depth needs pretrained weights, ImageNet
+    weights need the ImageNet stem...): check configurations sampled from the space, so a
+    contradictory study fails now instead of failing every trial."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(samples):
+        trial = probe.ask()
+        candidate = {**config.fixed, **space.sample(trial)}
+        probe.tell(trial, 0.0)
+        try:
+            TrialConfig.model_validate(candidate)
+        except PydanticValidationError as error:
+            message = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(
+                "space", f"{message} (in the sampled configuration {candidate})", config.source
+            ) from None
 
 
 def _representative_values(param: Any) -> list[tuple[str, Any]]:
@@ -147,7 +169,7 @@ def _representative_values(param: Any) -> list[tuple[str, Any]]:
 
 def _validate_value(config: StudyConfig, path: str, name: str, value: Any) -> None:
     try:
-        TrialConfig.model_validate({name: value})
+        TrialSettings.model_validate({name: value})
     except PydanticValidationError as error:
         _, message = format_validation_error(path, error)
         raise ConfigError(path, message, config.source) from None

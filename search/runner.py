@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from model import DataSplits, load_dataset
 from search.config import SamplerConfig, StudyConfig
+from search.pretrained import resolve_references, study_references
 from search.progress import FailureRecorder, ProgressView
 from search.provenance import git_sha, host, package_version
 from search.searcher import SearchProgress, StudySearcher
@@ -117,6 +118,7 @@ def run_study(config: StudyConfig, stream: TextIO | None = None) -> RunSummary:
     started = time.monotonic()
     space = config.resolve_space()
     data = load_data(config)  # fails before any database write if the data is missing
+    pretrained = resolve_references(config.storage, study_references(config.fixed, space))
     study = prepare_study(config, space)
     finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
     to_run = max(0, config.n_trials - finished_before)
@@ -136,6 +138,7 @@ def run_study(config: StudyConfig, stream: TextIO | None = None) -> RunSummary:
         checkpoint_root=checkpoint_root,
         asha_stopped=asha_stopped,
         cpu_threads=max(1, int(config.resources.cpu)),
+        pretrained_paths=pretrained,
     )
     if config.asha.enabled:
         scheduler = RecordingASHA(

@@ -70,6 +70,7 @@ class StudySearcher(Searcher):
         checkpoint_root: Path,
         asha_stopped: set[str],
         cpu_threads: int = 1,
+        pretrained_paths: dict[str, str] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
@@ -79,6 +80,7 @@ class StudySearcher(Searcher):
         self.checkpoint_root = checkpoint_root
         self.asha_stopped = asha_stopped
         self.cpu_threads = cpu_threads
+        self.pretrained_paths = dict(pretrained_paths or {})
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
@@ -91,6 +93,11 @@ class StudySearcher(Searcher):
         trial = self.study.ask()
         params = self.space.sample(trial)
         trial_config = {**self.trial_defaults, **params}
+        reference = trial_config.get("pretrained")
+        if reference in self.pretrained_paths:
+            # The trial gets a file path; the study keeps the readable "study:NAME".
+            trial.set_user_attr("pretrained_from", reference)
+            trial_config["pretrained"] = self.pretrained_paths[reference]
         checkpoint_dir = self.checkpoint_root / CHECKPOINT_FOLDER.format(number=trial.number)
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("checkpoint", str(checkpoint_dir))

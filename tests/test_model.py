@@ -77,10 +77,15 @@ def test_one_epoch_lowers_the_loss() -> None:
 @pytest.mark.parametrize("name", AUGMENTATIONS)
 def test_augmentations_keep_shape_and_dtype(name: str) -> None:
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    augment = build_augmentation(name, 16, fill=torch.tensor([10, 20, 30]))
-    out = augment(images, torch.Generator().manual_seed(0))
+    augment = build_augmentation(name, 16, fill=torch.tensor([10, 20, 30]), num_classes=10)
+    out = augment.pixels(images, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
     assert torch.equal(out, images) == (name == "none")
+    assert (augment.mix is not None) == name.endswith(("mixup", "cutmix"))
+    if augment.mix is not None:
+        mixed, targets = augment.mix(out.float(), torch.arange(8) % 10)
+        assert mixed.shape == images.shape and targets.shape == (8, 10)
+        assert torch.allclose(targets.sum(dim=1), torch.ones(8))
 
 
 def test_random_crop_is_a_shifted_window_of_the_padded_image() -> None:
