@@ -61,6 +61,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    # model.bench owns its arguments so that it also runs alone (python -m model.bench) on a
+    # GPU machine that has torch but not Ray or Optuna.
+    from model.bench import main as bench_main
+
+    return bench_main(args.bench_args, prog="resnet-hpo bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-hpo",
@@ -89,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="importance evaluator (PED-ANOVA is fast; fANOVA fits random forests)",
     )
     report.set_defaults(handler=_cmd_report)
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks: 'bench trainer' = training images/s, ours vs the seeds' pipeline",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=_cmd_bench)
     return parser
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from model import DataSplits, load_dataset
 from search.config import SamplerConfig, StudyConfig
+from search.faults import Fault
 from search.pretrained import resolve_references, study_references
 from search.progress import FailureRecorder, ProgressView
 from search.provenance import git_sha, host, package_version
@@ -107,8 +108,15 @@ def _init_ray() -> bool:
     return True
 
 
-def run_study(config: StudyConfig, stream: TextIO | None = None) -> RunSummary:
-    """Run ``config`` to its trial budget; every trial and epoch lands in the SQL study."""
+def run_study(
+    config: StudyConfig,
+    stream: TextIO | None = None,
+    faults: dict[int, Fault] | None = None,
+) -> RunSummary:
+    """Run ``config`` to its trial budget; every trial and epoch lands in the SQL study.
+
+    ``faults`` (tests and drills only) makes the trials with those numbers fail on purpose.
+    """
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -139,6 +147,7 @@ def run_study(config: StudyConfig, stream: TextIO | None = None) -> RunSummary:
         asha_stopped=asha_stopped,
         cpu_threads=max(1, int(config.resources.cpu)),
         pretrained_paths=pretrained,
+        faults=faults,
     )
     if config.asha.enabled:
         scheduler = RecordingASHA(

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search.failures import error_text, failure_reason
+from search.faults import Fault
 from spaces import Space
 
 CHECKPOINT_FOLDER = "trial_{number:05d}"
@@ -71,6 +72,7 @@ class StudySearcher(Searcher):
         asha_stopped: set[str],
         cpu_threads: int = 1,
         pretrained_paths: dict[str, str] | None = None,
+        faults: dict[int, Fault] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
@@ -81,6 +83,7 @@ class StudySearcher(Searcher):
         self.asha_stopped = asha_stopped
         self.cpu_threads = cpu_threads
         self.pretrained_paths = dict(pretrained_paths or {})
+        self.faults = dict(faults or {})
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
@@ -103,11 +106,13 @@ class StudySearcher(Searcher):
         trial.set_user_attr("checkpoint", str(checkpoint_dir))
         trial.set_user_attr("config", trial_config)
         self._live[trial_id] = _LiveTrial(trial, trial_id, checkpoint_dir)
+        fault = self.faults.get(trial.number)
         return {
             "trial": trial_config,
             "checkpoint_dir": str(checkpoint_dir),
             "cpu_threads": self.cpu_threads,
             "study_trial_number": trial.number,
+            "fault": fault.as_config() if fault else None,
         }
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

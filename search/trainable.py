@@ -8,10 +8,14 @@ import torch
 from ray import tune
 
 from model import DataSplits, fit
+from search.faults import with_fault
 
 
 def train_trial(config: dict[str, Any], data: DataSplits) -> None:
     """``config`` comes from :class:`search.searcher.StudySearcher.suggest`; ``data`` from
     the object store (``tune.with_parameters`` puts it there once per study)."""
     torch.set_num_threads(max(1, int(config.get("cpu_threads", 1))))
-    fit(config["trial"], data, tune.report, config["checkpoint_dir"])
+    report = tune.report
+    if config.get("fault"):
+        report = with_fault(config["fault"], report)
+    fit(config["trial"], data, report, config["checkpoint_dir"])

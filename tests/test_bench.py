@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search.cli import main
+
+
+def test_bench_trainer_prints_both_pipelines_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "trainer", "--depth", "8", "--device", "cpu", "--batch-size", "128"]
+    assert main([*argv, "--train-images", "1024", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"ours_images_per_s", "seed_images_per_s", "ratio", "device", "depth"} <= set(result)
+    assert result["ours_images_per_s"] > 0 and result["seed_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(
+        result["ours_images_per_s"] / result["seed_images_per_s"], rel=0.01
+    )
+    assert result["depth"] == 8 and result["device"].startswith("cpu")
+
+
+def test_bench_trainer_packs_trials(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "trainer", "--depth", "8", "--device", "cpu", "--trials-per-device", "2"]
+    assert main([*argv, "--train-images", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "ours:" in out and "seeds:" in out and "ratio:" in out
+    assert "2 trial(s) on the device" in out
+
+
+def test_bench_refuses_cuda_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "trainer", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
