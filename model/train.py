@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor, nn
 
 from model.augment import AUGMENTATIONS, build_augmentation
-from model.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
+from model.checkpoint import CHECKPOINT_NAME, load_latest_good, save_atomic
 from model.data import DataSplits
 from model.device_data import on_device
 from model.optim import build_optimizer, build_schedule
@@ -226,7 +226,10 @@ def fit(
     given) and calls ``report(metrics)`` with ``epoch``, ``val_acc``, ``val_loss``,
     ``train_loss``, ``train_acc``, ``lr``, ``epoch_seconds``, ``images_per_s`` and ``device``.
     If ``checkpoint_dir`` already holds a checkpoint of the same configuration, training
-    continues after its epoch. A NaN/Inf loss raises :class:`NonFiniteMetricError`.
+    continues after its epoch: the saved epochs are reported again first (``restored``), and
+    a corrupt latest checkpoint falls back to the previous one or to epoch 1, with a
+    ``checkpoint_warning`` in the first report. A NaN/Inf loss raises
+    :class:`NonFiniteMetricError`.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.model_validate(dict(config))
     device = resolve_device(cfg.device)
@@ -269,16 +272,27 @@ def fit(
 
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     history: list[dict[str, Any]] = []
-    start_epoch = 1
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
-        if state.get("config") == cfg.model_dump():
+    warnings: list[str] = []
+    if checkpoint_dir is not None:
+        state, warnings = load_latest_good(checkpoint_dir)
+        if state is not None and state.get("config") != cfg.model_dump():
+            warnings.append("the checkpoint was made with other settings; starting afresh")
+            state = None
+        if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             _restore_rng(state["rng"], generator)
             history = list(state["history"])
-            start_epoch = int(state["epoch"]) + 1
+        elif warnings:
+            warnings.append("no usable checkpoint; the trial starts from epoch 1")
+    start_epoch = len(history) + 1
+    # Whoever runs us now (a retry, a resumed study) hears the epochs it missed first.
+    for index, past in enumerate(history):
+        restored = {**past, "restored": True}
+        if warnings and index == 0:
+            restored["checkpoint_warning"] = "; ".join(warnings)
+        report(restored)
 
     metrics: dict[str, Any] = history[-1] if history else {}
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -326,6 +340,8 @@ def fit(
             "images_per_s": n_train / max(train_seconds, 1e-9),
             "device": str(device),
         }
+        if warnings and not history:
+            metrics["checkpoint_warning"] = "; ".join(warnings)
         history.append(metrics)
         if checkpoint_path is not None:
             save_atomic(

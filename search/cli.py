@@ -20,7 +20,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from search.runner import run_study
 
     config = load_study_file(args.study, {"storage": args.storage, "name": args.study_name})
-    summary = run_study(config)
+    summary = run_study(config, more=args.more, fork=args.fork)
     counts = ", ".join(f"{state} {n}" for state, n in summary.counts.items())
     print(
         f"\nstudy {summary.study_name!r}: {counts} (this run: {summary.trials_this_run} trials "
@@ -33,6 +33,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  {name}: {value}")
     print(f"storage:     {summary.storage}")
     print(f"checkpoints: {summary.checkpoint_root}")
+    if summary.gave_up:
+        print(
+            f"stopped early: {summary.progress.failed} trials failed in this run (the limit is "
+            "max_failed_trials); their stop_reason and error attributes say why",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"report:      resnet-hpo report --study {summary.study_name} "
         f"--storage '{summary.storage}' -o runs/{summary.study_name}.html"
@@ -80,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", type=Path, help="study file (YAML), e.g. studies/quickstart.yaml")
     run.add_argument("--storage", help="SQLAlchemy URL; overrides the study file's storage")
     run.add_argument("--study-name", help="overrides the study file's name")
+    run.add_argument(
+        "--more",
+        type=int,
+        metavar="N",
+        help="run until N more trials have finished, whatever n_trials says",
+    )
+    run.add_argument(
+        "--fork",
+        metavar="NEW_NAME",
+        help="start study NEW_NAME from this study file, reusing the finished trials of the "
+        "existing study that fit its space",
+    )
     run.set_defaults(handler=_cmd_run)
 
     studies = commands.add_parser("studies", help="list studies with trial counts and best value")

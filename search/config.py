@@ -87,6 +87,11 @@ class StudyConfig(_Strict):
     asha: AshaConfig
     n_trials: int = Field(ge=1)
     max_concurrent: int = Field(1, ge=1)
+    # A trial whose worker process dies is run again from its checkpoint this many times.
+    max_failures: int = Field(2, ge=0)
+    # The run stops proposing trials after this many FAIL in one run (default: n_trials,
+    # at least 10).
+    max_failed_trials: int | None = Field(None, ge=1)
     resources: ResourcesConfig = ResourcesConfig()
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"

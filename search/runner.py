@@ -15,10 +15,13 @@ from optuna.trial import TrialState
 
 from model import DataSplits, load_dataset
 from search.config import SamplerConfig, StudyConfig
+from search.errors import StudyNotFoundError, UserError
 from search.faults import Fault
+from search.lease import DriverLease
 from search.pretrained import resolve_references, study_references
 from search.progress import FailureRecorder, ProgressView
 from search.provenance import git_sha, host, package_version
+from search.resume import check_compatible, fork_trials, recover_lost_trials
 from search.searcher import SearchProgress, StudySearcher
 from search.storage import open_storage
 from spaces import Space
@@ -43,6 +46,7 @@ class RunSummary:
     best_params: dict[str, Any]
     counts: dict[str, int]
     checkpoint_root: Path
+    gave_up: bool = False
 
 
 def build_sampler(config: SamplerConfig, space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -80,23 +84,42 @@ def load_data(config: StudyConfig) -> DataSplits:
     )
 
 
-def prepare_study(config: StudyConfig, space: Space) -> optuna.Study:
-    """Create the study (or load it to continue) with provenance in its user attributes."""
-    storage = open_storage(config.storage)
+def prepare_study(
+    config: StudyConfig, space: Space, storage: optuna.storages.BaseStorage | None = None
+) -> optuna.Study:
+    """Create the study, or load it to continue after checking that its set-up is the same.
+
+    A new study gets its provenance (resolved study file, package version, git commit) in
+    its user attributes.
+    """
+    storage = storage if storage is not None else open_storage(config.storage)
     direction = config.objective.resolved_direction
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=storage, study_name=config.name, direction=direction, load_if_exists=True
-    )
-    # A seed derived from the trials already there: a continued study must not replay the
-    # configurations of its first run (measured: the same seed replays them exactly).
-    study.sampler = build_sampler(config.sampler, space, config.sampler.seed + len(study.trials))
-    if "study_file" not in study.user_attrs:
-        study.set_user_attr("study_file", config.resolved())
+    existing = {s.study_name for s in storage.get_all_studies()}
+    resolved = config.resolved()
+    if config.name in existing:
+        study = optuna.load_study(study_name=config.name, storage=storage)
+        check_compatible(study, resolved)
+    else:
+        study = optuna.create_study(storage=storage, study_name=config.name, direction=direction)
+        study.set_user_attr("study_file", resolved)
         study.set_user_attr("package_version", package_version())
         study.set_user_attr("git_sha", git_sha())
         study.set_user_attr("created_on_host", host())
+    # A seed derived from the trials already there: a continued study must not replay the
+    # configurations of its first run (measured: the same seed replays them exactly).
+    study.sampler = build_sampler(config.sampler, space, config.sampler.seed + len(study.trials))
     return study
+
+
+def _fork_target(config: StudyConfig, storage: optuna.storages.BaseStorage, fork: str) -> None:
+    names = {s.study_name for s in storage.get_all_studies()}
+    if config.name not in names:
+        raise StudyNotFoundError(
+            f"--fork {fork}: there is no study {config.name!r} to fork in {config.storage}"
+        )
+    if fork in names:
+        raise UserError(f"--fork {fork}: a study of that name exists already; pick a new name")
 
 
 def _init_ray() -> bool:
@@ -112,24 +135,69 @@ def run_study(
     config: StudyConfig,
     stream: TextIO | None = None,
     faults: dict[int, Fault] | None = None,
+    more: int | None = None,
+    fork: str | None = None,
 ) -> RunSummary:
-    """Run ``config`` to its trial budget; every trial and epoch lands in the SQL study.
+    """Run ``config`` until the study holds ``n_trials`` finished trials (or ``more`` beyond
+    what it holds); every trial and epoch lands in the SQL study.
 
+    An existing study of the same name is continued (the set-up must match); ``fork`` starts
+    a new study of that name with the finished trials of this one that fit its space.
     ``faults`` (tests and drills only) makes the trials with those numbers fail on purpose.
     """
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from search.scheduler import RecordingASHA
-
     stream = stream or sys.stdout
     started = time.monotonic()
     space = config.resolve_space()
     data = load_data(config)  # fails before any database write if the data is missing
     pretrained = resolve_references(config.storage, study_references(config.fixed, space))
-    study = prepare_study(config, space)
+    storage = open_storage(config.storage)
+    source_name = config.name
+    if fork:
+        _fork_target(config, storage, fork)
+        config = config.model_copy(update={"name": fork})
+    lease = DriverLease(storage.engine, config.name).acquire()
+    try:
+        if lease.took_over is not None:
+            holder = lease.took_over
+            stream.write(
+                f"took over the lease of a stopped driver (pid {holder.pid} on {holder.host})\n"
+            )
+        study = prepare_study(config, space, storage)
+        if fork:
+            source = optuna.load_study(study_name=source_name, storage=storage)
+            copied = fork_trials(source, study, space)
+            stream.write(f"forked {copied} finished trials of {source_name!r} into {fork!r}\n")
+        retried = recover_lost_trials(study)
+        if retried:
+            stream.write(
+                f"trials {retried} were interrupted; they run again first, from their "
+                "last checkpoints\n"
+            )
+        summary = _run(config, space, data, study, pretrained, stream, faults, more, started)
+    finally:
+        lease.release()
+    return summary
+
+
+def _run(
+    config: StudyConfig,
+    space: Space,
+    data: DataSplits,
+    study: optuna.Study,
+    pretrained: dict[str, str],
+    stream: TextIO,
+    faults: dict[int, Fault] | None,
+    more: int | None,
+    started: float,
+) -> RunSummary:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from search.scheduler import RecordingASHA
+
     finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-    to_run = max(0, config.n_trials - finished_before)
+    target = finished_before + more if more is not None else config.n_trials
+    to_run = max(0, target - finished_before)
     output_dir = Path(config.output_dir).expanduser().resolve()
     checkpoint_root = output_dir / "checkpoints" / config.name
     metric = config.objective.metric
@@ -145,6 +213,10 @@ def run_study(
         max_epochs=config.asha.max_epochs,
         checkpoint_root=checkpoint_root,
         asha_stopped=asha_stopped,
+        target_finished=target,
+        finished_before=finished_before,
+        max_failed_trials=config.max_failed_trials or max(10, config.n_trials),
+        max_worker_failures=config.max_failures,
         cpu_threads=max(1, int(config.resources.cpu)),
         pretrained_paths=pretrained,
         faults=faults,
@@ -179,7 +251,7 @@ def run_study(
                 mode=mode,
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=to_run,
+                num_samples=-1,  # the searcher ends the run when the budget is reached
                 max_concurrent_trials=config.max_concurrent,
                 reuse_actors=True,
             ),
@@ -188,6 +260,7 @@ def run_study(
                 storage_path=str(output_dir / "ray"),
                 verbose=0,
                 callbacks=[FailureRecorder(searcher), progress],
+                # Retries are the searcher's: worker deaths only, as the same Optuna trial.
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             ),
         )
@@ -235,4 +308,5 @@ def _summarise(
         best_params=dict(best.params) if best else {},
         counts={k: v for k, v in counts.items() if v},
         checkpoint_root=checkpoint_root,
+        gave_up=searcher.gave_up,
     )

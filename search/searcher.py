@@ -9,6 +9,12 @@ This searcher runs in the Ray driver, the only process that writes the study, an
   the one that triggered the stop (Ray hands that one only to ``on_trial_complete``);
 * FAIL: it raised (reason ``nan@epoch N``, ``oom``, ``exception:Type``...) or was
   interrupted; nothing is left RUNNING once :meth:`close` has run.
+
+It also owns the budget: it proposes trials until the study holds ``target_finished``
+finished (COMPLETE + PRUNED) trials, so failures do not eat the budget; a trial whose worker
+process died is run again as the same Optuna trial, from its checkpoint, up to
+``max_worker_failures`` times; a trial queued as the retry of a lost one (``retry_of``)
+starts from the lost trial's checkpoint.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from ray.tune.search import Searcher
 
 from search.failures import error_text, failure_reason
 from search.faults import Fault
+from search.resume import carry_checkpoint
 from spaces import Space
 
 CHECKPOINT_FOLDER = "trial_{number:05d}"
+WORKER_DIED = "worker_died"
 
 
 @dataclass
@@ -35,8 +43,11 @@ class _LiveTrial:
     trial: optuna.Trial
     ray_trial_id: str
     checkpoint_dir: Path
+    payload: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
     epochs_done: int = 0
+    restored_epochs: int = 0
+    worker_failures: int = 0
     last_value: float | None = None
     device: str | None = None
 
@@ -70,6 +81,10 @@ class StudySearcher(Searcher):
         max_epochs: int,
         checkpoint_root: Path,
         asha_stopped: set[str],
+        target_finished: int,
+        finished_before: int = 0,
+        max_failed_trials: int | None = None,
+        max_worker_failures: int = 0,
         cpu_threads: int = 1,
         pretrained_paths: dict[str, str] | None = None,
         faults: dict[int, Fault] | None = None,
@@ -81,39 +96,34 @@ class StudySearcher(Searcher):
         self.max_epochs = max_epochs
         self.checkpoint_root = checkpoint_root
         self.asha_stopped = asha_stopped
+        self.target_finished = target_finished
+        self.finished_before = finished_before
+        self.max_failed_trials = max_failed_trials
+        self.max_worker_failures = max_worker_failures
         self.cpu_threads = cpu_threads
         self.pretrained_paths = dict(pretrained_paths or {})
         self.faults = dict(faults or {})
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
+        self._retry_queue: list[_LiveTrial] = []
         self._counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
         self._epochs_done = 0
         self._best: tuple[float, int] | None = None
+        self.gave_up = False
 
     # Ray Tune's Searcher interface -------------------------------------------------------
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        trial = self.study.ask()
-        params = self.space.sample(trial)
-        trial_config = {**self.trial_defaults, **params}
-        reference = trial_config.get("pretrained")
-        if reference in self.pretrained_paths:
-            # The trial gets a file path; the study keeps the readable "study:NAME".
-            trial.set_user_attr("pretrained_from", reference)
-            trial_config["pretrained"] = self.pretrained_paths[reference]
-        checkpoint_dir = self.checkpoint_root / CHECKPOINT_FOLDER.format(number=trial.number)
-        trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr("checkpoint", str(checkpoint_dir))
-        trial.set_user_attr("config", trial_config)
-        self._live[trial_id] = _LiveTrial(trial, trial_id, checkpoint_dir)
-        fault = self.faults.get(trial.number)
-        return {
-            "trial": trial_config,
-            "checkpoint_dir": str(checkpoint_dir),
-            "cpu_threads": self.cpu_threads,
-            "study_trial_number": trial.number,
-            "fault": fault.as_config() if fault else None,
-        }
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._retry_queue:
+            return self._resume_same_trial(trial_id, self._retry_queue.pop(0))
+        if self._done_proposing():
+            pending = self._live or self._awaiting_error
+            return None if pending else Searcher.FINISHED
+        if self._finished_total() + len(self._live) + len(self._awaiting_error) >= (
+            self.target_finished
+        ):
+            return None  # enough trials under way; wait for them before proposing more
+        return self._start_new_trial(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         live = self._live.get(trial_id)
@@ -143,21 +153,28 @@ class StudySearcher(Searcher):
     # Called by the driver ----------------------------------------------------------------
 
     def record_failure(self, trial_id: str, error: BaseException | None) -> None:
-        """Finish a trial that raised as FAIL, with its reason and error text."""
+        """A trial raised: retry it if its worker died (and retries are left), else FAIL."""
         live = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
         if live is None:
             return
+        reason = failure_reason(error)
+        if reason == WORKER_DIED and live.worker_failures < self.max_worker_failures:
+            live.worker_failures += 1
+            live.trial.set_user_attr("worker_failures", live.worker_failures)
+            self._retry_queue.append(live)
+            return
         live.trial.set_user_attr("error", error_text(error))
-        self._finish(live, TrialState.FAIL, failure_reason(error))
+        self._finish(live, TrialState.FAIL, reason)
 
     def close(self) -> None:
         """Fail whatever is still open so that no trial stays RUNNING after the driver ends."""
         for trial_id in list(self._awaiting_error):
             self.record_failure(trial_id, None)
-        for live in list(self._live.values()):
+        for live in [*self._live.values(), *self._retry_queue]:
             live.trial.set_user_attr("error", "the driver ended before this trial finished")
             self._finish(live, TrialState.FAIL, "interrupted")
         self._live.clear()
+        self._retry_queue.clear()
 
     def progress(self) -> SearchProgress:
         return SearchProgress(
@@ -172,16 +189,79 @@ class StudySearcher(Searcher):
 
     # Internals ---------------------------------------------------------------------------
 
+    def _finished_total(self) -> int:
+        return (
+            self.finished_before
+            + self._counts[TrialState.COMPLETE]
+            + self._counts[TrialState.PRUNED]
+        )
+
+    def _done_proposing(self) -> bool:
+        if self._finished_total() >= self.target_finished:
+            return True
+        too_many = self.max_failed_trials is not None and (
+            self._counts[TrialState.FAIL] >= self.max_failed_trials
+        )
+        self.gave_up = self.gave_up or too_many
+        return too_many
+
+    def _start_new_trial(self, trial_id: str) -> dict[str, Any]:
+        trial = self.study.ask()
+        params = self.space.sample(trial)
+        trial_config = {**self.trial_defaults, **params}
+        reference = trial_config.get("pretrained")
+        if reference in self.pretrained_paths:
+            # The trial gets a file path; the study keeps the readable "study:NAME".
+            trial.set_user_attr("pretrained_from", reference)
+            trial_config["pretrained"] = self.pretrained_paths[reference]
+        checkpoint_dir = self.checkpoint_root / CHECKPOINT_FOLDER.format(number=trial.number)
+        lost = trial.user_attrs.get("retry_of")
+        if lost is not None:
+            self._carry_from(lost, checkpoint_dir)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr("checkpoint", str(checkpoint_dir))
+        trial.set_user_attr("config", trial_config)
+        fault = self.faults.get(trial.number)
+        payload = {
+            "trial": trial_config,
+            "checkpoint_dir": str(checkpoint_dir),
+            "cpu_threads": self.cpu_threads,
+            "study_trial_number": trial.number,
+            "fault": fault.as_config() if fault else None,
+        }
+        self._live[trial_id] = _LiveTrial(trial, trial_id, checkpoint_dir, payload)
+        return payload
+
+    def _carry_from(self, lost_number: int, checkpoint_dir: Path) -> None:
+        lost = self.study.get_trials(deepcopy=False)[lost_number]
+        source = lost.user_attrs.get("checkpoint")
+        if source and carry_checkpoint(Path(source), checkpoint_dir):
+            return
+        # Nothing saved yet (lost in its first epoch): the retry starts from epoch 1.
+
+    def _resume_same_trial(self, trial_id: str, live: _LiveTrial) -> dict[str, Any]:
+        """Run a trial whose worker died again, as the same Optuna trial; ``fit`` finds its
+        checkpoint and goes on from there. A fault is injected only on the first attempt."""
+        live.ray_trial_id = trial_id
+        live.trial.set_user_attr("ray_trial_id", trial_id)
+        self._live[trial_id] = live
+        return {**live.payload, "fault": None}
+
     def _record_epoch(self, live: _LiveTrial, result: dict[str, Any]) -> None:
+        if result.get("checkpoint_warning"):
+            live.trial.set_user_attr("checkpoint_warning", str(result["checkpoint_warning"]))
         epoch = result.get("epoch")
         value = result.get(self.metric)
+        if result.get("restored") and isinstance(epoch, int):
+            live.restored_epochs = max(live.restored_epochs, epoch)
         if not isinstance(epoch, int) or epoch <= live.epochs_done or value is None:
             return  # a duplicate (Ray repeats the last result on completion) or no metric
         value = float(value)
         if not math.isfinite(value):
             return  # the trial raises NonFiniteMetricError; the failure records it
         live.trial.report(value, step=epoch)
-        self._epochs_done += epoch - live.epochs_done
+        if not result.get("restored"):
+            self._epochs_done += epoch - live.epochs_done
         live.epochs_done = epoch
         live.last_value = value
         live.device = result.get("device", live.device)
@@ -193,6 +273,8 @@ class StudySearcher(Searcher):
         trial.set_user_attr("epochs_done", live.epochs_done)
         trial.set_user_attr("stop_reason", reason)
         trial.set_user_attr("wall_seconds", round(time.monotonic() - live.started, 3))
+        if live.restored_epochs:
+            trial.set_user_attr("resumed_from_epoch", live.restored_epochs)
         if live.device is not None:
             trial.set_user_attr("device", live.device)
         self.study.tell(trial, value, state=state)

@@ -15,6 +15,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from search.errors import StorageError
+from search.schema import check_schema, ensure_schema
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -53,9 +54,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         with sqlite3.connect(path) as connection:
             connection.execute("PRAGMA journal_mode=WAL")  # persistent in the file
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        ensure_schema(storage.engine, _safe(url))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
         raise StorageError(_explain(url, error)) from None
+    return storage
 
 
 def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
@@ -73,13 +76,26 @@ def open_storage_readonly(url: str) -> optuna.storages.RDBStorage:
     else:
         kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+        with storage.engine.connect() as connection:
+            check_schema(connection, _safe(url))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
         raise StorageError(_explain(url, error)) from None
+    return storage
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _explain(url: str, error: Exception) -> str:
-    safe = make_url(url).render_as_string(hide_password=True)
+    safe = _safe(url)
+    if "no longer compatible" in str(error) or "schema" in str(error).lower():
+        return (
+            f"storage {safe} was made by an Optuna whose table schema this one cannot use "
+            f"({str(error).strip().splitlines()[0]}). Open it with the versions that made it, "
+            "or upgrade it with `optuna storage upgrade --storage URL`."
+        )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (
         f"cannot open storage {safe}: {first_line}. Check that the server is running and the "

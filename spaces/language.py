@@ -237,6 +237,23 @@ class Space(BaseModel):
                 resolved[name] = values[name]
         return set(resolved)
 
+    def required_names(self, values: Mapping[str, Any]) -> set[str]:
+        """The searched parameters a configuration with ``values`` must have (conditions are
+        evaluated on ``values``)."""
+        resolved: dict[str, Any] = {}
+        needed: set[str] = set()
+        for name in self.sampling_order():
+            param = self.params[name]
+            if not _active(param, resolved):
+                continue
+            if isinstance(param, FixedParam):
+                resolved[name] = param.value
+                continue
+            needed.add(name)
+            if name in values:
+                resolved[name] = values[name]
+        return needed
+
     def grid(self) -> dict[str, list[Any]]:
         """Every searched parameter's values, for Optuna's GridSampler."""
         grid: dict[str, list[Any]] = {}

@@ -153,7 +153,8 @@ def test_checkpoint_resume_is_bit_exact(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
     resumed: list[dict] = []
     fit(config, data, resumed.append, tmp_path / "resumed")
-    assert [r["epoch"] for r in resumed] == [3, 4]
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    assert [r.get("restored", False) for r in resumed] == [True, True, False, False]
     for key in ("val_acc", "val_loss", "train_loss"):
         assert resumed[-1][key] == straight[-1][key]
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
@@ -168,3 +169,43 @@ def test_trial_config_rejects_unknown_keys_and_bad_values() -> None:
         TrialConfig.model_validate({"depth": 21})
     with pytest.raises(ValueError, match="augmentation"):
         TrialConfig.model_validate({"augmentation": "mosaic"})
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    data = load_digits()
+    config = TrialConfig(**TINY, depth=8, epochs=3, lr=0.05)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after(epoch: int):
+        def report(metrics: dict) -> None:
+            if metrics["epoch"] == epoch and not metrics.get("restored"):
+                raise Crash
+
+        return report
+
+    with pytest.raises(Crash):
+        fit(config, data, crash_after(2), tmp_path)
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:-100])  # truncated, as by a full disk
+    resumed: list[dict] = []
+    fit(config, data, resumed.append, tmp_path)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]  # epoch 1 from prev.pt, then 2 and 3
+    assert resumed[0]["restored"] and not resumed[1].get("restored")
+    assert "checksum mismatch" in resumed[0]["checkpoint_warning"]
+
+    # Both generations unusable: start again from epoch 1, and say so.
+    for name in ("last.pt", "prev.pt"):
+        (tmp_path / name).write_bytes(b"garbage")
+    again: list[dict] = []
+    fit(config, data, again.append, tmp_path)
+    assert [r["epoch"] for r in again] == [1, 2, 3]
+    assert "starts from epoch 1" in again[0]["checkpoint_warning"]
+
+
+def test_compiled_training_runs_and_learns() -> None:
+    reports: list[dict] = []
+    config = {**TINY, "depth": 8, "epochs": 2, "lr": 0.05, "compile": True}
+    fit(config, load_digits(), reports.append)
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]

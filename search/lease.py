@@ -1,0 +1,146 @@
+"""One driver per study: a lease row in the study's database.
+
+The driver that holds a study's lease is the only process that writes the study. The row
+says who holds it (owner id, host, pid) and when it last proved it is alive (heartbeat,
+renewed by a background thread). A lease is stale, and the next driver takes it over, when
+its heartbeat is older than ``timeout_s``, or at once when its holder ran on this host and
+that process is gone, so re-running right after a crash just works.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from search.errors import UserError
+from search.schema import leases
+
+DEFAULT_TIMEOUT_S = 60.0
+HEARTBEAT_EVERY_S = 10.0
+
+
+class LeaseHeldError(UserError):
+    """Another live driver runs this study."""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    owner: str
+    host: str
+    pid: int
+    process_start: str | None
+    heartbeat: float
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a reused pid from the original), if known."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive_here(holder: LeaseHolder) -> bool:
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = _process_start(holder.pid)
+    return holder.process_start is None or start is None or start == holder.process_start
+
+
+def is_stale(holder: LeaseHolder, now: float, timeout_s: float) -> bool:
+    if now - holder.heartbeat > timeout_s:
+        return True
+    return holder.host == socket.gethostname() and not _alive_here(holder)
+
+
+class DriverLease:
+    """Acquire with :meth:`acquire`; keeps the heartbeat until :meth:`release`."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        study_name: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        heartbeat_every_s: float = HEARTBEAT_EVERY_S,
+    ) -> None:
+        self.engine = engine
+        self.study_name = study_name
+        self.timeout_s = timeout_s
+        self.heartbeat_every_s = heartbeat_every_s
+        self.owner = uuid.uuid4().hex
+        self.took_over: LeaseHolder | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> DriverLease:
+        now = time.time()
+        me = {
+            "study_name": self.study_name,
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process_start": _process_start(os.getpid()),
+            "heartbeat": now,
+            "acquired": now,
+        }
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")  # serialise concurrent starts
+            row = connection.execute(
+                sa.select(leases).where(leases.c.study_name == self.study_name).with_for_update()
+            ).first()
+            if row is not None:
+                holder = LeaseHolder(row.owner, row.host, row.pid, row.process_start, row.heartbeat)
+                if not is_stale(holder, now, self.timeout_s):
+                    raise LeaseHeldError(
+                        f"study {self.study_name!r} is being run by another driver (pid "
+                        f"{holder.pid} on {holder.host}, heartbeat {now - holder.heartbeat:.0f}"
+                        f" s ago). Wait for it to finish; if it is dead, its lease expires "
+                        f"{self.timeout_s:.0f} s after its last heartbeat."
+                    )
+                self.took_over = holder
+                connection.execute(
+                    sa.update(leases).where(leases.c.study_name == self.study_name).values(**me)
+                )
+            else:
+                connection.execute(sa.insert(leases).values(**me))
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_every_s):
+            with self.engine.begin() as connection:
+                connection.execute(
+                    sa.update(leases)
+                    .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
+                    .values(heartbeat=time.time())
+                )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.delete(leases).where(
+                    leases.c.study_name == self.study_name, leases.c.owner == self.owner
+                )
+            )
+
+    def __enter__(self) -> DriverLease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

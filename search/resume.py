@@ -1,0 +1,144 @@
+"""Continuing a study from its database: compatibility, lost trials, forks.
+
+The SQL study is the source of truth (Tune's experiment folder lags it, DESIGN.md). On every
+start the driver, holding the study's lease, turns trials that a dead driver left RUNNING
+into FAIL (``driver_lost``) and queues their parameters again, first in line, with
+``retry_of``; the retry continues from the lost trial's checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from model import CHECKPOINT_NAME
+from model.checkpoint import PREVIOUS_NAME
+from search.errors import UserError
+from spaces import Space
+
+# Changing these makes old and new trials incomparable; the rest (budget, sampler,
+# concurrency, resources, ASHA's grace and rate) may change between runs.
+COMPARED_FIELDS = ("dataset", "space", "fixed", "objective", "asha.max_epochs")
+RETRYABLE_REASONS = ("driver_lost", "interrupted")
+
+
+class IncompatibleStudyError(UserError):
+    """The study in the database was run with a different space or objective."""
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def _diff(old: Any, new: Any, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            lines += _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{path}.{key}")
+        return lines
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Field-by-field differences that forbid continuing the stored study."""
+    lines: list[str] = []
+    for field in COMPARED_FIELDS:
+        lines += _diff(_get(stored, field), _get(current, field), field)
+    return lines
+
+
+def check_compatible(study: optuna.Study, current: dict[str, Any]) -> None:
+    stored = study.user_attrs.get("study_file")
+    if not stored:
+        return
+    lines = differences(stored, current)
+    if lines:
+        shown = "\n  ".join(lines[:12])
+        raise IncompatibleStudyError(
+            f"study {study.study_name!r} already exists with a different set-up:\n  {shown}\n"
+            f"Run it with its original study file, or start a new study that reuses the "
+            f"finished trials that fit: resnet-hpo run STUDY.yaml --fork NEW_NAME"
+        )
+
+
+def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
+def recover_lost_trials(study: optuna.Study) -> list[int]:
+    """FAIL every RUNNING trial (its driver is dead: we hold the lease) and queue retries of
+    those and of trials interrupted earlier. Returns the numbers queued for retry."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "stop_reason", "driver_lost")
+        storage.set_trial_user_attr(
+            trial._trial_id, "error", "the driver running this trial stopped without finishing it"
+        )
+        study.tell(trial.number, state=TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried_numbers(trials)
+    queued = []
+    for trial in trials:
+        reason = trial.user_attrs.get("stop_reason")
+        lost = trial.state == TrialState.FAIL and reason in RETRYABLE_REASONS
+        if lost and trial.number not in retried:
+            study.enqueue_trial(
+                trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
+            )
+            queued.append(trial.number)
+    return queued
+
+
+def carry_checkpoint(source_dir: Path, target_dir: Path) -> bool:
+    """Copy a lost trial's checkpoints into its retry's folder; False if there were none."""
+    copied = False
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        if (source_dir / name).is_file():
+            target_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_dir / name, target_dir / name)
+            copied = True
+    return copied
+
+
+def _fits(space: Space, params: dict[str, Any]) -> bool:
+    """Every parameter is in the space with a value it allows, and none it needs is missing."""
+    distributions = space.distributions()
+    for name, value in params.items():
+        if name not in distributions:
+            return False
+        try:
+            if not distributions[name]._contains(distributions[name].to_internal_repr(value)):
+                return False
+        except ValueError:
+            return False
+    return space.required_names(params) <= set(params)
+
+
+def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> int:
+    """Copy the finished trials of ``source`` whose parameters fit ``space`` into ``target``."""
+    distributions = space.distributions()
+    copied = 0
+    for trial in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if not _fits(space, dict(trial.params)):
+            continue
+        target.add_trial(
+            optuna.trial.create_trial(
+                state=trial.state,
+                value=trial.value,
+                params=dict(trial.params),
+                distributions={k: distributions[k] for k in trial.params},
+                intermediate_values=dict(trial.intermediate_values),
+                user_attrs={
+                    **trial.user_attrs,
+                    "forked_from": f"{source.study_name}#{trial.number}",
+                },
+            )
+        )
+        copied += 1
+    return copied
