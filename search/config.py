@@ -28,7 +28,8 @@ STUDY_OWNED_FIELDS = ("epochs",)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML already gives types, so `n_trials: true` or `cpu: "1"` is a mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DatasetConfig(_Strict):

@@ -73,7 +73,11 @@ def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 def recover_lost_trials(study: optuna.Study) -> list[int]:
     """FAIL every RUNNING trial (its driver is dead: we hold the lease) and queue retries of
-    those and of trials interrupted earlier. Returns the numbers queued for retry."""
+    those and of trials interrupted earlier. Returns the numbers queued for retry.
+
+    A trial lost before it was handed to a worker (no ``config`` attribute yet: its
+    parameters may be incomplete) trained nothing; it is not retried, and the budget of
+    finished trials brings a new one instead."""
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_user_attr(trial._trial_id, "stop_reason", "driver_lost")
@@ -87,7 +91,8 @@ def recover_lost_trials(study: optuna.Study) -> list[int]:
     for trial in trials:
         reason = trial.user_attrs.get("stop_reason")
         lost = trial.state == TrialState.FAIL and reason in RETRYABLE_REASONS
-        if lost and trial.number not in retried:
+        started = "config" in trial.user_attrs
+        if lost and started and trial.number not in retried:
             study.enqueue_trial(
                 trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
             )

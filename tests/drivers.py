@@ -1,0 +1,70 @@
+"""Driver processes for crash tests: started in their own session, killed like a machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def write_study(path: Path, study: dict) -> Path:
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def start_driver(study_file: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """``python -m search run STUDY`` in a new session, so the whole group can be killed."""
+    log = log or study_file.with_suffix(".log")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", str(study_file), *extra],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+        cwd=study_file.parent,
+    )
+
+
+def kill_driver(process: subprocess.Popen) -> None:
+    """SIGKILL to the driver's whole process group: no clean-up code runs."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def trials(storage: str, name: str) -> list[FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).trials
+    except KeyError:
+        return []
+
+
+def wait_until(
+    condition: Callable[[], bool], process: subprocess.Popen, timeout_s: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the driver exited ({process.returncode}) before the kill point")
+        time.sleep(0.2)
+    raise AssertionError("kill point not reached in time")
+
+
+def finished(storage: str, name: str) -> list[FrozenTrial]:
+    return [t for t in trials(storage, name) if t.state in FINISHED]
+
+
+def snapshot(trial: FrozenTrial) -> tuple:
+    return (trial.number, trial.state, trial.value, dict(trial.intermediate_values), trial.params)

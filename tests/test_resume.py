@@ -1,0 +1,349 @@
+"""Crash and resume with real processes and real signals."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from model import TrialConfig, fit, load_digits
+from search import parse_study, run_study
+from search.cli import main
+from search.faults import Fault
+from search.runner import prepare_study
+from tests.drivers import (
+    finished,
+    kill_driver,
+    snapshot,
+    start_driver,
+    trials,
+    wait_until,
+    write_study,
+)
+from tests.studies import tiny_study
+
+N_TRIALS = 5
+
+
+def _study(name: str, storage: str, tmp_path: Path, **overrides: object) -> dict:
+    base = {
+        "n_trials": N_TRIALS,
+        "asha": {"max_epochs": 4, "grace_period": 2, "reduction_factor": 2},
+        "fixed": {"width": 0.25, "batch_size": 32, "device": "cpu", "augmentation": "none"},
+    }
+    return tiny_study(name, storage, tmp_path, **{**base, **overrides})
+
+
+def _has_epoch_in_flight(storage: str, name: str) -> bool:
+    return any(
+        t.state == TrialState.RUNNING and t.intermediate_values for t in trials(storage, name)
+    )
+
+
+def _any_trial_running(storage: str, name: str) -> bool:
+    return any(t.state == TrialState.RUNNING for t in trials(storage, name))
+
+
+def _trial_handed_out(storage: str, name: str) -> bool:
+    return any(
+        t.state == TrialState.RUNNING and "config" in t.user_attrs for t in trials(storage, name)
+    )
+
+
+KILL_POINTS = {
+    "first_trial_asked": _any_trial_running,
+    "first_trial_handed_out": _trial_handed_out,
+    "epoch_in_flight": _has_epoch_in_flight,
+    "two_finished": lambda storage, name: len(finished(storage, name)) >= 2,
+}
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_sigkilled_driver_resumes_without_losing_or_repeating(
+    kill_point: str, tmp_path: Path, study_name: str
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study_file = write_study(tmp_path / "study.yaml", _study(study_name, storage, tmp_path))
+    driver = start_driver(study_file)
+    wait_until(lambda: KILL_POINTS[kill_point](storage, study_name), driver)
+    kill_driver(driver)
+
+    before = {t.number: snapshot(t) for t in finished(storage, study_name)}
+    lost = [t.number for t in trials(storage, study_name) if t.state == TrialState.RUNNING]
+    assert lost, "the kill should interrupt at least one trial"
+
+    # Re-running right away works: the dead driver's lease is stale at once (same host).
+    summary = run_study(parse_study(_study(study_name, storage, tmp_path)))
+
+    final = trials(storage, study_name)
+    states = [t.state for t in final]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == N_TRIALS
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert len({t.number for t in final}) == len(final)
+    for number, old in before.items():
+        assert snapshot(final[number]) == old  # finished before the kill: unchanged
+    retries = {t.user_attrs["retry_of"]: t for t in final if "retry_of" in t.user_attrs}
+    for number in lost:
+        assert final[number].state == TrialState.FAIL
+        assert final[number].user_attrs["stop_reason"] == "driver_lost"
+        if "config" not in final[number].user_attrs:
+            assert number not in retries  # never reached a worker: nothing to continue
+            continue
+        assert number in retries
+        retry = retries[number]
+        assert retry.params == final[number].params
+        # The retry starts from the lost trial's checkpoint: epochs it had reached are kept.
+        lost_epochs = final[number].intermediate_values
+        for epoch, value in lost_epochs.items():
+            assert retry.intermediate_values[epoch] == pytest.approx(value)
+        if lost_epochs:
+            assert retry.user_attrs["resumed_from_epoch"] >= max(lost_epochs)
+    if kill_point == "epoch_in_flight":
+        assert any(r.user_attrs.get("resumed_from_epoch", 0) > 0 for r in retries.values())
+    assert summary.counts.get("RUNNING") is None
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_resume_is_bit_exact_on_cpu(tmp_path: Path, study_name: str) -> None:
+    """8 epochs straight == 2+ epochs, SIGKILL of the driver, resume from the checkpoint."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    settings = {"depth": 8, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9}
+    study = _study(
+        study_name,
+        storage,
+        tmp_path,
+        n_trials=1,
+        max_concurrent=1,
+        asha={"max_epochs": 8, "enabled": False},
+        fixed={"width": 0.25, "batch_size": 32, "device": "cpu", "augmentation": "crop_flip"},
+    )
+    config = parse_study(study)
+    prepare_study(config, config.resolve_space()).enqueue_trial(
+        {k: v for k, v in settings.items() if k != "depth"}
+    )
+    driver = start_driver(write_study(tmp_path / "study.yaml", study))
+    wait_until(
+        lambda: any(len(t.intermediate_values) >= 2 for t in trials(storage, study_name)), driver
+    )
+    kill_driver(driver)
+    assert trials(storage, study_name)[0].state == TrialState.RUNNING  # killed mid-trial
+    run_study(config)
+    retry = next(t for t in trials(storage, study_name) if "retry_of" in t.user_attrs)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_epoch"] >= 2
+
+    straight: list[dict] = []
+    torch_threads = __import__("torch").get_num_threads()
+    __import__("torch").set_num_threads(1)  # as in the trial actor (resources.cpu = 1)
+    try:
+        fit(TrialConfig(**retry.user_attrs["config"]), load_digits(), straight.append)
+    finally:
+        __import__("torch").set_num_threads(torch_threads)
+    assert retry.value == straight[-1]["val_acc"]
+    for report in straight:
+        assert retry.intermediate_values[report["epoch"]] == report["val_acc"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_killed_worker_reruns_as_the_same_trial_from_its_checkpoint(
+    tmp_path: Path, study_name: str
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    no_pruning = {"max_epochs": 3, "enabled": False}
+    config = parse_study(_study(study_name, storage, tmp_path, n_trials=3, asha=no_pruning))
+    run_study(config, faults={1: Fault("kill", epoch=2)})
+    final = trials(storage, study_name)
+    assert [t.state for t in final] == [TrialState.COMPLETE] * 3
+    killed = final[1]
+    assert killed.user_attrs["worker_failures"] == 1
+    assert killed.user_attrs["resumed_from_epoch"] == 2
+    assert sorted(killed.intermediate_values) == [1, 2, 3]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_without_retries_a_killed_worker_fails_its_trial(tmp_path: Path, study_name: str) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    no_pruning = {"max_epochs": 2, "enabled": False}
+    study = _study(study_name, storage, tmp_path, n_trials=2, asha=no_pruning, max_failures=0)
+    run_study(parse_study(study), faults={0: Fault("kill", epoch=1)})
+    final = trials(storage, study_name)
+    assert final[0].state == TrialState.FAIL
+    assert final[0].user_attrs["stop_reason"] == "worker_died"
+    assert [t.state for t in final[1:]] == [TrialState.COMPLETE] * 2
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_second_driver_is_refused_while_the_first_lives(
+    tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = _study(study_name, storage, tmp_path, n_trials=4)
+    study_file = write_study(tmp_path / "study.yaml", study)
+    driver = start_driver(study_file)
+    try:
+        wait_until(lambda: _any_trial_running(storage, study_name), driver)
+        count = len(trials(storage, study_name))
+        assert main(["run", str(study_file)]) == 2
+        err = capsys.readouterr().err
+        assert "is being run by another driver" in err and socket.gethostname() in err
+        assert len(trials(storage, study_name)) >= count  # only the first driver added any
+        # Readers never break the writer: listing and reporting while it runs.
+        assert main(["studies", "--storage", storage]) == 0
+        report = tmp_path / "live.html"
+        assert main(["report", "--study", study_name, "--storage", storage, "-o", str(report)]) == 0
+        assert report.stat().st_size > 0
+    finally:
+        assert driver.wait(timeout=180) == 0
+    assert len(finished(storage, study_name)) == 4
+
+
+def test_changed_space_is_refused_then_forked(
+    tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = _study(study_name, storage, tmp_path, n_trials=2)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = parse_study(study)
+    base = prepare_study(config, config.resolve_space())
+    distributions = config.resolve_space().distributions()
+    for lr in (0.02, 0.08):
+        params = {"depth": 8, "lr": lr, "optimizer": "adam"}
+        base.add_trial(
+            optuna.trial.create_trial(
+                value=0.5,
+                params=params,
+                distributions={name: distributions[name] for name in params},
+                intermediate_values={1: 0.4, 2: 0.5},
+            )
+        )
+    changed = dict(study)
+    changed["space"] = {**study["space"], "lr": {"type": "float", "low": 0.01, "high": 0.05}}
+    changed_file = write_study(tmp_path / "changed.yaml", changed)
+    assert main(["run", str(changed_file)]) == 2
+    err = capsys.readouterr().err
+    assert "space.lr.high: 0.1 -> 0.05" in err and "space.lr.log: True -> False" in err
+    assert len(trials(storage, study_name)) == 2  # nothing written
+
+    # A fork keeps the trial whose lr still fits (0.02) and drops the other (0.08).
+    source = optuna.load_study(study_name=study_name, storage=storage)
+    target_config = parse_study({**changed, "name": f"{study_name}-fork"})
+    target = prepare_study(target_config, target_config.resolve_space())
+    from search.resume import fork_trials
+
+    assert fork_trials(source, target, target_config.resolve_space()) == 1
+    copied = target.trials[0]
+    assert copied.params["lr"] == 0.02
+    assert copied.user_attrs["forked_from"] == f"{study_name}#0"
+    assert copied.intermediate_values == {1: 0.4, 2: 0.5}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_more_and_fork_from_the_cli(
+    tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study_file = write_study(
+        tmp_path / "study.yaml", _study(study_name, storage, tmp_path, n_trials=2)
+    )
+    assert main(["run", str(study_file)]) == 0
+    assert len(finished(storage, study_name)) == 2
+    assert main(["run", str(study_file)]) == 0  # already done: runs nothing
+    assert "running 0 more" in capsys.readouterr().out
+    assert main(["run", str(study_file), "--more", "2"]) == 0
+    assert len(finished(storage, study_name)) == 4
+    fork = f"{study_name}-wide"
+    assert main(["run", str(study_file), "--fork", fork]) == 0
+    out = capsys.readouterr().out
+    assert f"forked 4 finished trials of {study_name!r}" in out
+    assert len(finished(storage, fork)) == 4  # n_trials = 2 already met by the copies
+    assert main(["run", str(study_file), "--fork", fork]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) -> None:
+    import sqlalchemy as sa
+
+    from search.lease import DriverLease, LeaseHeldError
+    from search.schema import leases
+    from search.storage import open_storage
+
+    engine = open_storage(storage_url).engine
+    first = DriverLease(engine, study_name, timeout_s=60).acquire()
+    with pytest.raises(LeaseHeldError, match="being run by another driver"):
+        DriverLease(engine, study_name).acquire()
+    first.release()
+
+    def plant(**row: object) -> None:
+        values = {
+            "study_name": study_name,
+            "owner": "someone",
+            "host": "elsewhere",
+            "pid": 1,
+            "process_start": None,
+            "heartbeat": time.time(),
+            "acquired": time.time(),
+        }
+        with engine.begin() as connection:
+            connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
+            connection.execute(sa.insert(leases).values(**{**values, **row}))
+
+    plant()  # another host, fresh heartbeat: live
+    with pytest.raises(LeaseHeldError):
+        DriverLease(engine, study_name).acquire()
+    plant(heartbeat=time.time() - 600)  # another host, silent for 10 minutes: stale
+    lease = DriverLease(engine, study_name, timeout_s=60).acquire()
+    assert lease.took_over is not None and lease.took_over.host == "elsewhere"
+    lease.release()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    plant(host=socket.gethostname(), pid=int(gone.stdout))  # this host, process gone
+    lease = DriverLease(engine, study_name).acquire()
+    assert lease.took_over is not None
+    lease.release()
+    plant(host=socket.gethostname(), pid=os.getpid())  # this host, alive
+    with pytest.raises(LeaseHeldError):
+        DriverLease(engine, study_name).acquire()
+    with engine.begin() as connection:
+        connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_two_drivers_on_postgres_and_a_resume_lose_nothing(tmp_path: Path, study_name: str) -> None:
+    from tests.conftest import postgres_url
+
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server")
+    names = [f"{study_name}-a", f"{study_name}-b"]
+    try:
+        drivers = []
+        for name in names:
+            study = _study(name, url, tmp_path / name, n_trials=4, max_concurrent=1)
+            (tmp_path / name).mkdir()
+            drivers.append(start_driver(write_study(tmp_path / name / "study.yaml", study)))
+        wait_until(lambda: _has_epoch_in_flight(url, names[0]), drivers[0])
+        kill_driver(drivers[0])
+        before = {t.number: snapshot(t) for t in finished(url, names[0])}
+        assert drivers[1].wait(timeout=240) == 0  # the other driver never noticed
+
+        run_study(parse_study(_study(names[0], url, tmp_path / names[0], n_trials=4)))
+        for name in names:
+            final = trials(url, name)
+            assert len(finished(url, name)) == 4
+            assert TrialState.RUNNING not in [t.state for t in final]
+        final_a = trials(url, names[0])
+        for number, old in before.items():
+            assert snapshot(final_a[number]) == old
+        assert any(t.user_attrs.get("stop_reason") == "driver_lost" for t in final_a)
+    finally:
+        for name in names:
+            if name in optuna.get_all_study_names(url):
+                optuna.delete_study(study_name=name, storage=url)
