@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -160,27 +161,41 @@ def run_trainer_bench(
     device: str = "auto",
     trials_per_device: int = 1,
     n_train: int | None = None,
+    repeats: int = 1,
     progress: Any = None,
 ) -> dict[str, Any]:
+    """Median images/s of ``repeats`` alternating runs of each pipeline (alternating, so
+    that a slow phase of a shared machine does not favour one side)."""
     target = resolve_device(device)
     n_train = n_train or (50_000 if target.type == "cuda" else 4_096)
     say = progress or (lambda message: None)
-    say(f"ours: {trials_per_device} trial(s) of ResNet-{depth} ({stem} stem) on {target} ...")
-    ours = packed_images_per_s(
-        trials_per_device,
-        depth=depth,
-        stem=stem,
-        batch_size=batch_size,
-        device=str(target),
-        n_train=n_train,
-    )
-    say("seeds' pipeline (PIL transforms, DataLoader with 2 workers, fp32) ...")
-    seeds = seed_images_per_s(depth, stem, str(target), n_train)
+    ours_runs: list[float] = []
+    seed_runs: list[float] = []
+    for attempt in range(1, repeats + 1):
+        say(
+            f"[{attempt}/{repeats}] ours: {trials_per_device} trial(s) of ResNet-{depth} "
+            f"({stem} stem) on {target} ..."
+        )
+        ours_runs.append(
+            packed_images_per_s(
+                trials_per_device,
+                depth=depth,
+                stem=stem,
+                batch_size=batch_size,
+                device=str(target),
+                n_train=n_train,
+            )
+        )
+        say(f"[{attempt}/{repeats}] seeds' pipeline (PIL, DataLoader with 2 workers, fp32) ...")
+        seed_runs.append(seed_images_per_s(depth, stem, str(target), n_train))
+    ours, seeds = statistics.median(ours_runs), statistics.median(seed_runs)
     name = torch.cuda.get_device_name(target) if target.type == "cuda" else platform.processor()
     return {
         "ours_images_per_s": round(ours, 1),
         "seed_images_per_s": round(seeds, 1),
         "ratio": round(ours / seeds, 2),
+        "ours_runs": [round(r, 1) for r in ours_runs],
+        "seed_runs": [round(r, 1) for r in seed_runs],
         "device": f"{target.type}: {name or platform.machine()}",
         "depth": depth,
         "stem": stem,
@@ -202,6 +217,9 @@ def build_parser(prog: str = "python -m model.bench") -> argparse.ArgumentParser
     trainer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     trainer.add_argument("--trials-per-device", type=int, default=1)
     trainer.add_argument("--train-images", type=int, default=None, help="per epoch")
+    trainer.add_argument(
+        "--repeats", type=int, default=3, help="alternating runs of each; medians are reported"
+    )
     trainer.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -221,6 +239,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m model.bench")
         device=args.device,
         trials_per_device=args.trials_per_device,
         n_train=args.train_images,
+        repeats=max(1, args.repeats),
         progress=None if args.json else lambda message: print(message, flush=True),
     )
     if args.json:

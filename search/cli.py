@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model import DataError
+from search.ablation_plan import AblationConfig
 from search.config import DEFAULT_STORAGE
 from search.errors import UserError
 from spaces import SpaceError
@@ -20,6 +21,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from search.runner import run_study
 
     config = load_study_file(args.study, {"storage": args.storage, "name": args.study_name})
+    if isinstance(config, AblationConfig):
+        return _run_ablation(config, args)
     summary = run_study(config, more=args.more, fork=args.fork)
     counts = ", ".join(f"{state} {n}" for state, n in summary.counts.items())
     print(
@@ -44,6 +47,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"report:      resnet-hpo report --study {summary.study_name} "
         f"--storage '{summary.storage}' -o runs/{summary.study_name}.html"
     )
+    return 0
+
+
+def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
+    from search.ablation_run import run_ablation
+    from search.ablation_table import to_markdown
+
+    if args.more is not None or args.fork is not None:
+        raise UserError("--more and --fork are for search studies; an ablation runs its plan")
+    rows = run_ablation(config)
+    print()
+    print(to_markdown(rows))
+    print(f"storage: {config.storage}")
+    print(
+        f"table:   resnet-hpo ablation-table --study {config.name} --storage '{config.storage}' "
+        "--format md|csv|latex"
+    )
+    return 0
+
+
+def _cmd_ablation_table(args: argparse.Namespace) -> int:
+    from search.ablation_run import analyse
+    from search.ablation_table import FORMATS
+    from search.studies import load_study_readonly
+
+    rows = analyse(load_study_readonly(args.study, args.storage))
+    sys.stdout.write(FORMATS[args.format](rows))
     return 0
 
 
@@ -116,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="importance evaluator (PED-ANOVA is fast; fANOVA fits random forests)",
     )
     report.set_defaults(handler=_cmd_report)
+
+    table = commands.add_parser(
+        "ablation-table", help="the table of an ablation study: arms, CIs, paired deltas"
+    )
+    table.add_argument("--study", required=True, help="study name")
+    table.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    table.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    table.set_defaults(handler=_cmd_ablation_table)
 
     bench = commands.add_parser(
         "bench",

@@ -185,6 +185,8 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
     """Validate a study given as a mapping; raise :class:`ConfigError` naming the field."""
     if not isinstance(raw, dict):
         raise ConfigError("study", "the study file must be a YAML mapping", source)
+    if raw.get("kind") == "ablation":
+        raise ConfigError("kind", "an ablation study: read it with load_study_file", source)
     try:
         config = StudyConfig.model_validate({**raw, "source": source})
     except PydanticValidationError as error:
@@ -208,8 +210,29 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
     return config
 
 
-def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Read and validate a study file; ``overrides`` (e.g. from CLI flags) win over the file."""
+def parse_ablation(raw: dict[str, Any], source: str | None = None) -> Any:
+    """Validate a ``kind: ablation`` study file (see :mod:`search.ablation_plan`)."""
+    from search.ablation_plan import AblationConfig
+    from search.ablation_run import validate_ablation
+
+    try:
+        config = AblationConfig.model_validate({**raw, "source": source})
+    except PydanticValidationError as error:
+        path, message = format_validation_error("", error)
+        raise ConfigError(path.lstrip(".") or "study", message, source) from None
+    if config.dataset.name not in DATASETS:
+        raise ConfigError(
+            "dataset.name",
+            f"unknown dataset {config.dataset.name!r}; known: {list(DATASETS)}",
+            source,
+        )
+    validate_ablation(config)
+    return config
+
+
+def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """Read and validate a study file (a search, or an ablation when ``kind: ablation``);
+    ``overrides`` (e.g. from CLI flags) win over the file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -221,4 +244,6 @@ def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -
         raise ConfigError("study", f"not valid YAML: {error}", str(path)) from None
     if isinstance(raw, dict) and overrides:
         raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    if isinstance(raw, dict) and raw.get("kind") == "ablation":
+        return parse_ablation(raw, source=str(path))
     return parse_study(raw, source=str(path))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import plotly
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
@@ -164,14 +166,127 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def build_report(study: optuna.Study, importance: Importance = "ped-anova") -> str:
-    """The whole report as one HTML string (plotly.js embedded once, opens offline)."""
-    trials = study.get_trials(deepcopy=False)
-    study_file = study.user_attrs.get("study_file", {})
-    metric = study_file.get("objective", {}).get("metric", "objective")
-    counts = {k: v for k, v in count_states(trials).items() if v}
-    figures: list[tuple[str, go.Figure | str]] = []
+@dataclass(frozen=True)
+class ArmCurve:
+    arm: str
+    epochs: list[int]
+    mean: list[float]
+    low: list[float]  # mean - std over seeds
+    high: list[float]
+    seeds: int
 
+
+def arm_curves(trials: list[FrozenTrial]) -> list[ArmCurve]:
+    """Per arm of an ablation: the per-epoch mean and mean +/- std over its seeds."""
+    by_arm: dict[str, list[FrozenTrial]] = {}
+    for trial in trials:
+        if "arm" in trial.user_attrs and trial.state == TrialState.COMPLETE:
+            by_arm.setdefault(trial.user_attrs["arm"], []).append(trial)
+    curves = []
+    for arm, members in by_arm.items():
+        epochs = sorted({e for t in members for e in t.intermediate_values})
+        mean, low, high = [], [], []
+        for epoch in epochs:
+            values = [
+                t.intermediate_values[epoch] for t in members if epoch in t.intermediate_values
+            ]
+            centre = statistics.fmean(values)
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            mean.append(centre)
+            low.append(centre - spread)
+            high.append(centre + spread)
+        curves.append(ArmCurve(arm, epochs, mean, low, high, len(members)))
+    return curves
+
+
+def arm_curve_figure(curves: list[ArmCurve], metric: str) -> go.Figure:
+    figure = go.Figure()
+    palette = plotly.colors.qualitative.Plotly
+    for index, curve in enumerate(curves):
+        colour = palette[index % len(palette)]
+        figure.add_trace(
+            go.Scatter(
+                x=curve.epochs + curve.epochs[::-1],
+                y=curve.high + curve.low[::-1],
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.2,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=curve.arm,
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=curve.epochs,
+                y=curve.mean,
+                mode="lines+markers",
+                line={"color": colour},
+                name=f"{curve.arm} (n={curve.seeds})",
+                legendgroup=curve.arm,
+            )
+        )
+    figure.update_layout(
+        title="Per-epoch curves per arm (mean over seeds, band: +/- 1 std)",
+        xaxis_title="epoch",
+        yaxis_title=metric,
+    )
+    return figure
+
+
+def forest_figure(rows: list[Any], metric: str) -> go.Figure:
+    """Each arm's difference to the baseline with its 95% CI; the baseline sits at zero."""
+    compared = [r for r in rows if r.delta is not None]
+    labels = [r.arm for r in compared]
+    deltas = [r.delta for r in compared]
+    plus = [(r.delta_ci_high - r.delta) if r.delta_ci_high is not None else 0 for r in compared]
+    minus = [(r.delta - r.delta_ci_low) if r.delta_ci_low is not None else 0 for r in compared]
+    figure = go.Figure(
+        go.Scatter(
+            x=deltas,
+            y=labels,
+            mode="markers",
+            marker={"size": 10, "color": ["#2ca02c" if r.settled else "#7f7f7f" for r in compared]},
+            error_x={"type": "data", "array": plus, "arrayminus": minus, "visible": True},
+            hovertemplate="%{y}: %{x:+.4f}<extra></extra>",
+        )
+    )
+    figure.add_vline(x=0, line_dash="dash", annotation_text="baseline")
+    figure.update_layout(
+        title=f"Difference to the baseline in {metric} (95% CI; green: CI excludes 0)",
+        xaxis_title=f"delta {metric}",
+        yaxis={"autorange": "reversed"},
+    )
+    return figure
+
+
+def _ablation_table_html(rows: list[Any]) -> str:
+    from search.ablation_table import HEADER, _cells
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _ablation_figures(study: optuna.Study, metric: str) -> list[tuple[str, go.Figure | str]]:
+    from search.ablation_run import analyse
+
+    rows = analyse(study)
+    return [
+        ("Ablation table", _ablation_table_html(rows)),
+        ("Differences to the baseline", forest_figure(rows, metric)),
+        ("Per-epoch curves per arm", arm_curve_figure(arm_curves(study.trials), metric)),
+    ]
+
+
+def _search_figures(
+    study: optuna.Study, trials: list[FrozenTrial], metric: str, importance: Importance
+) -> list[tuple[str, go.Figure | str]]:
+    figures: list[tuple[str, go.Figure | str]] = []
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         history = optuna.visualization.plot_optimization_history(study, target_name=metric)
@@ -193,9 +308,24 @@ def build_report(study: optuna.Study, importance: Importance = "ped-anova") -> s
         parallel = optuna.visualization.plot_parallel_coordinate(view, target_name=metric)
         parallel.update_layout(title=f"Parallel coordinates: {label}")
         figures.append(("Parallel coordinates", parallel))
+    return figures
 
+
+def build_report(study: optuna.Study, importance: Importance = "ped-anova") -> str:
+    """The whole report as one HTML string (plotly.js embedded once, opens offline)."""
+    trials = study.get_trials(deepcopy=False)
+    study_file = study.user_attrs.get("study_file", {})
+    metric = study_file.get("objective", {}).get("metric", "objective")
+    counts = {k: v for k, v in count_states(trials).items() if v}
+    figures: list[tuple[str, go.Figure | str]] = []
+    if "ablation" in study.user_attrs:
+        # An ablation is no search: history, importance and best trials would rank seeds.
+        figures += _ablation_figures(study, metric)
+    else:
+        figures += _search_figures(study, trials, metric, importance)
     figures.append(("Learning curves", learning_curve_figure(learning_curves(trials), metric)))
-    figures.append(("Best trials", _table(best_trials(study), metric)))
+    if "ablation" not in study.user_attrs:
+        figures.append(("Best trials", _table(best_trials(study), metric)))
 
     parts = []
     plotly_included = False

@@ -8,7 +8,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import optuna
 from optuna.trial import TrialState
@@ -32,6 +32,14 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class QueuePlan(Protocol):
+    """Decides the trials of a run by queueing them (ablations)."""
+
+    def enqueue_missing(self, study: optuna.Study) -> int: ...
+
+    def describe(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ def run_study(
     faults: dict[int, Fault] | None = None,
     more: int | None = None,
     fork: str | None = None,
+    plan: QueuePlan | None = None,
 ) -> RunSummary:
     """Run ``config`` until the study holds ``n_trials`` finished trials (or ``more`` beyond
     what it holds); every trial and epoch lands in the SQL study.
@@ -144,6 +153,7 @@ def run_study(
     An existing study of the same name is continued (the set-up must match); ``fork`` starts
     a new study of that name with the finished trials of this one that fit its space.
     ``faults`` (tests and drills only) makes the trials with those numbers fail on purpose.
+    ``plan`` (ablations) queues the trials to run; then only queued trials run.
     """
     stream = stream or sys.stdout
     started = time.monotonic()
@@ -173,7 +183,10 @@ def run_study(
                 f"trials {retried} were interrupted; they run again first, from their "
                 "last checkpoints\n"
             )
-        summary = _run(config, space, data, study, pretrained, stream, faults, more, started)
+        if plan is not None:
+            queued = plan.enqueue_missing(study)
+            stream.write(f"{queued} arm x seed trials queued\n")
+        summary = _run(config, space, data, study, pretrained, stream, faults, more, started, plan)
     finally:
         lease.release()
     return summary
@@ -189,6 +202,7 @@ def _run(
     faults: dict[int, Fault] | None,
     more: int | None,
     started: float,
+    plan: QueuePlan | None = None,
 ) -> RunSummary:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -198,6 +212,9 @@ def _run(
     finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
     target = finished_before + more if more is not None else config.n_trials
     to_run = max(0, target - finished_before)
+    if plan is not None:  # the queue decides: every queued trial, nothing else
+        to_run = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        target = finished_before + to_run
     output_dir = Path(config.output_dir).expanduser().resolve()
     checkpoint_root = output_dir / "checkpoints" / config.name
     metric = config.objective.metric
@@ -220,6 +237,8 @@ def _run(
         cpu_threads=max(1, int(config.resources.cpu)),
         pretrained_paths=pretrained,
         faults=faults,
+        queued_only=plan is not None,
+        describe=plan.describe if plan is not None else None,
     )
     if config.asha.enabled:
         scheduler = RecordingASHA(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class _LiveTrial:
     epochs_done: int = 0
     restored_epochs: int = 0
     worker_failures: int = 0
+    train_seconds: float = 0.0
     last_value: float | None = None
     device: str | None = None
 
@@ -88,6 +90,8 @@ class StudySearcher(Searcher):
         cpu_threads: int = 1,
         pretrained_paths: dict[str, str] | None = None,
         faults: dict[int, Fault] | None = None,
+        queued_only: bool = False,
+        describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
@@ -103,6 +107,8 @@ class StudySearcher(Searcher):
         self.cpu_threads = cpu_threads
         self.pretrained_paths = dict(pretrained_paths or {})
         self.faults = dict(faults or {})
+        self.queued_only = queued_only
+        self.describe = describe
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._retry_queue: list[_LiveTrial] = []
@@ -116,7 +122,7 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._retry_queue:
             return self._resume_same_trial(trial_id, self._retry_queue.pop(0))
-        if self._done_proposing():
+        if self._done_proposing() or (self.queued_only and not self._has_queued()):
             pending = self._live or self._awaiting_error
             return None if pending else Searcher.FINISHED
         if self._finished_total() + len(self._live) + len(self._awaiting_error) >= (
@@ -205,9 +211,14 @@ class StudySearcher(Searcher):
         self.gave_up = self.gave_up or too_many
         return too_many
 
+    def _has_queued(self) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
     def _start_new_trial(self, trial_id: str) -> dict[str, Any]:
         trial = self.study.ask()
         params = self.space.sample(trial)
+        for key, value in (self.describe(params) if self.describe else {}).items():
+            trial.set_user_attr(key, value)
         trial_config = {**self.trial_defaults, **params}
         reference = trial_config.get("pretrained")
         if reference in self.pretrained_paths:
@@ -262,6 +273,7 @@ class StudySearcher(Searcher):
         live.trial.report(value, step=epoch)
         if not result.get("restored"):
             self._epochs_done += epoch - live.epochs_done
+            live.train_seconds += float(result.get("epoch_seconds", 0.0))
         live.epochs_done = epoch
         live.last_value = value
         live.device = result.get("device", live.device)
@@ -273,6 +285,8 @@ class StudySearcher(Searcher):
         trial.set_user_attr("epochs_done", live.epochs_done)
         trial.set_user_attr("stop_reason", reason)
         trial.set_user_attr("wall_seconds", round(time.monotonic() - live.started, 3))
+        # Device time spent training and validating (excludes start-up and queueing).
+        trial.set_user_attr("train_seconds", round(live.train_seconds, 3))
         if live.restored_epochs:
             trial.set_user_attr("resumed_from_epoch", live.restored_epochs)
         if live.device is not None:

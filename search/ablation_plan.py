@@ -1,0 +1,151 @@
+"""Ablation studies: the file format and the plan of arms x seeds.
+
+An ablation is a set of *arms* (configurations) trained with the same seeds, so that each
+arm's difference to the baseline can be paired seed by seed. Designs:
+
+* ``one_at_a_time``: the baseline, plus one arm per factor value that differs from it;
+* ``leave_one_out``: the baseline is the full configuration; each factor names the value
+  that removes that component (``augmentation: none``), one arm per factor;
+* ``factorial``: every combination of the factors' values (the baseline's is one of them).
+
+Each arm x seed is one Optuna trial whose parameters are the factors plus ``seed``, queued
+with ``enqueue_trial``: the database stays a standard Optuna study.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from search.config import (
+    DEFAULT_STORAGE,
+    DatasetConfig,
+    ObjectiveConfig,
+    ResourcesConfig,
+    StudyConfig,
+)
+
+BASELINE = "baseline"
+SEED_PARAM = "seed"
+SEED_RANGE = (0, 9_999)  # a fixed distribution, so that adding seeds keeps the space
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SequentialSeeds(_Strict):
+    """Add a seed to every unsettled arm (and the baseline) until its paired CI excludes 0."""
+
+    max_seeds: int = Field(ge=2)
+
+
+class AblationConfig(_Strict):
+    name: str = Field(min_length=1)
+    kind: Literal["ablation"]
+    dataset: DatasetConfig = DatasetConfig()
+    baseline: dict[str, Any]
+    factors: dict[str, Any] = Field(min_length=1)
+    design: Literal["one_at_a_time", "leave_one_out", "factorial"] = "one_at_a_time"
+    seeds: int = Field(3, ge=1)
+    first_seed: int = 0
+    sequential: SequentialSeeds | None = None
+    epochs: int = Field(ge=1)
+    objective: ObjectiveConfig = ObjectiveConfig()
+    max_concurrent: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)
+    resources: ResourcesConfig = ResourcesConfig()
+    storage: str = DEFAULT_STORAGE
+    output_dir: str = "runs"
+    source: str | None = Field(None, exclude=True)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    values: dict[str, Any]  # the factors' values in this arm
+
+
+def arm_name(changes: dict[str, Any]) -> str:
+    if not changes:
+        return BASELINE
+    return ",".join(f"{k}={_text(v)}" for k, v in changes.items())
+
+
+def _text(value: Any) -> str:
+    return (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    )
+
+
+def plan_arms(baseline: dict[str, Any], factors: dict[str, Any], design: str) -> list[Arm]:
+    """The arms of an ablation, baseline first. ``values`` hold every factor's value."""
+    base = {name: baseline.get(name) for name in factors}
+    arms = [Arm(BASELINE, dict(base))]
+    if design == "one_at_a_time":
+        for name, variants in factors.items():
+            for value in variants:
+                if value != base[name]:
+                    arms.append(Arm(arm_name({name: value}), {**base, name: value}))
+    elif design == "leave_one_out":
+        for name, removed in factors.items():
+            if removed != base[name]:
+                arms.append(Arm(arm_name({name: removed}), {**base, name: removed}))
+    else:
+        names = list(factors)
+        for combination in itertools.product(*(factors[n] for n in names)):
+            values = dict(zip(names, combination, strict=True))
+            if values != base:
+                changes = {n: v for n, v in values.items() if v != base[n]}
+                arms.append(Arm(arm_name(changes), values))
+    return arms
+
+
+def arm_of(arms: list[Arm], params: dict[str, Any]) -> Arm | None:
+    for arm in arms:
+        if all(params.get(name) == value for name, value in arm.values.items()):
+            return arm
+    return None
+
+
+def factor_choices(arms: list[Arm]) -> dict[str, list[Any]]:
+    choices: dict[str, list[Any]] = {}
+    for arm in arms:
+        for name, value in arm.values.items():
+            if value not in choices.setdefault(name, []):
+                choices[name].append(value)
+    return choices
+
+
+def engine_config(config: AblationConfig, baseline: dict[str, Any], arms: list[Arm]) -> StudyConfig:
+    """The search-engine study that runs this ablation: the factors (and the seed) are the
+    parameters, everything else of the baseline is fixed, no early stopping."""
+    space: dict[str, Any] = {
+        name: {"type": "categorical", "choices": values}
+        for name, values in factor_choices(arms).items()
+    }
+    space[SEED_PARAM] = {"type": "int", "low": SEED_RANGE[0], "high": SEED_RANGE[1]}
+    fixed = {k: v for k, v in baseline.items() if k not in space and k != "epochs"}
+    return StudyConfig(
+        name=config.name,
+        dataset=config.dataset,
+        space=space,
+        fixed=fixed,
+        objective=config.objective,
+        sampler={"name": "random", "seed": 0},
+        asha={"max_epochs": config.epochs, "enabled": False},
+        n_trials=len(arms) * config.seeds,
+        max_concurrent=config.max_concurrent,
+        max_failures=config.max_failures,
+        resources=config.resources,
+        storage=config.storage,
+        output_dir=config.output_dir,
+        source=config.source,
+    )
+
+
+def seeds_for(config: AblationConfig, count: int | None = None) -> list[int]:
+    return [config.first_seed + i for i in range(count or config.seeds)]

@@ -1,0 +1,103 @@
+"""The ablation table in Markdown, CSV and LaTeX."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from search.ablation_stats import ArmSummary
+
+CSV_COLUMNS = (
+    "arm",
+    "n",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "p_value",
+    "p_holm",
+    "seconds",
+)
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def to_csv(rows: list[ArmSummary]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [row.arm, row.n]
+            + [_number(getattr(row, c), 6) for c in CSV_COLUMNS[2:10]]
+            + [_number(row.p_holm, 6), _number(row.seconds, 1)]
+        )
+    return buffer.getvalue()
+
+
+def _cells(row: ArmSummary) -> list[str]:
+    def interval(low: float | None, high: float | None) -> str:
+        text_low, text_high = _number(low), _number(high)
+        return f"[{text_low}, {text_high}]" if text_low and text_high else ""
+
+    settled = "" if row.delta is None else ("yes" if row.settled else "no")
+    return [
+        row.arm,
+        str(row.n),
+        _number(row.mean),
+        _number(row.std),
+        interval(row.ci_low, row.ci_high),
+        "" if row.delta is None else f"{row.delta:+.4f}",
+        interval(row.delta_ci_low, row.delta_ci_high),
+        _p(row.p_value),
+        _p(row.p_holm),
+        _number(row.effect_size, 2),
+        row.test or "",
+        settled,
+        f"{row.seconds:.0f}",
+    ]
+
+
+HEADER = (
+    "arm", "n", "mean", "std", "95% CI", "delta", "delta 95% CI", "p", "p (Holm)",
+    "effect size", "test", "CI excludes 0", "seconds",
+)  # fmt: skip
+
+
+def to_markdown(rows: list[ArmSummary]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(rows: list[ArmSummary]) -> str:
+    def escape(text: str) -> str:
+        for char, replacement in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"),
+                                  ("&", r"\&"), ("#", r"\#"), ("<", r"$<$")):  # fmt: skip
+            text = text.replace(char, replacement)
+        return text
+
+    columns = "l" + "r" * (len(HEADER) - 1)
+    lines = [rf"\begin{{tabular}}{{{columns}}}", r"\toprule"]
+    lines.append(" & ".join(escape(h) for h in HEADER) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(escape(c) for c in _cells(row)) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+FORMATS = {"md": to_markdown, "csv": to_csv, "latex": to_latex}

@@ -1,0 +1,249 @@
+"""Ablation studies: plans, statistics against scipy, end to end in Ray, resume, CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from scipy import stats
+
+from search.ablation_plan import AblationConfig, plan_arms, seeds_for
+from search.ablation_run import run_ablation
+from search.ablation_stats import ArmRun, holm, mean_interval, summarise
+from search.ablation_table import CSV_COLUMNS
+from search.cli import main
+from search.config import ConfigError, load_study_file
+from search.report import build_report
+from tests.drivers import kill_driver, start_driver, trials, wait_until, write_study
+
+BASE = {"depth": 20, "optimizer": "sgd", "augmentation": "crop_flip", "label_smoothing": 0.1}
+
+
+def test_one_at_a_time_plan() -> None:
+    arms = plan_arms(
+        BASE, {"augmentation": ["none", "crop_flip", "crop_flip_cutout"], "depth": [20, 56]},
+        "one_at_a_time",
+    )  # fmt: skip
+    assert [a.name for a in arms] == [
+        "baseline", "augmentation=none", "augmentation=crop_flip_cutout", "depth=56",
+    ]  # fmt: skip
+    assert arms[0].values == {"augmentation": "crop_flip", "depth": 20}
+    assert arms[3].values == {"augmentation": "crop_flip", "depth": 56}
+
+
+def test_leave_one_out_plan() -> None:
+    arms = plan_arms(BASE, {"augmentation": "none", "label_smoothing": 0.0}, "leave_one_out")
+    assert [a.name for a in arms] == ["baseline", "augmentation=none", "label_smoothing=0.0"]
+
+
+def test_factorial_plan() -> None:
+    arms = plan_arms(BASE, {"optimizer": ["sgd", "adamw"], "depth": [20, 56, 110]}, "factorial")
+    assert len(arms) == 6
+    assert arms[0].name == "baseline"
+    assert {a.name for a in arms[1:]} == {
+        "depth=56", "depth=110", "optimizer=adamw", "optimizer=adamw,depth=56",
+        "optimizer=adamw,depth=110",
+    }  # fmt: skip
+
+
+def test_every_arm_gets_the_same_seeds(tmp_path: Path) -> None:
+    config = _config("x", "sqlite:///x.db", tmp_path, seeds=4, first_seed=10)
+    assert seeds_for(config) == [10, 11, 12, 13]
+
+
+def test_statistics_match_scipy() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.90, 0.01, 6)
+    better = base + rng.normal(0.02, 0.005, 6)
+    unpaired = rng.normal(0.91, 0.02, 5)
+    runs = [ArmRun("baseline", s, float(v), 1.0) for s, v in enumerate(base)]
+    runs += [ArmRun("better", s, float(v), 2.0) for s, v in enumerate(better)]
+    runs += [ArmRun("other", 100 + s, float(v), 3.0) for s, v in enumerate(unpaired)]
+    rows = {r.arm: r for r in summarise(runs, "baseline", ["baseline", "better", "other"])}
+
+    mean, std, low, high = mean_interval(list(base))
+    expected = stats.t.interval(0.95, 5, loc=base.mean(), scale=stats.sem(base))
+    assert (mean, std) == pytest.approx((base.mean(), base.std(ddof=1)))
+    assert (low, high) == pytest.approx(expected)
+
+    paired = stats.ttest_rel(better, base)
+    ci = paired.confidence_interval(0.95)
+    row = rows["better"]
+    assert row.test == "paired" and row.n == 6 and row.seconds == 12.0
+    assert row.delta == pytest.approx((better - base).mean())
+    assert (row.delta_ci_low, row.delta_ci_high) == pytest.approx((ci.low, ci.high))
+    assert row.p_value == pytest.approx(paired.pvalue)
+    diff = better - base
+    assert row.effect_size == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert row.settled
+
+    welch = stats.ttest_ind(unpaired, base, equal_var=False)
+    ci = welch.confidence_interval(0.95)
+    row = rows["other"]
+    assert row.test == "welch"
+    assert (row.delta_ci_low, row.delta_ci_high) == pytest.approx((ci.low, ci.high))
+    assert row.p_value == pytest.approx(welch.pvalue)
+
+    adjusted = sorted([rows["better"].p_holm, rows["other"].p_holm])
+    ps = sorted([rows["better"].p_value, rows["other"].p_value])
+    assert adjusted == pytest.approx([min(1, 2 * ps[0]), min(1, max(2 * ps[0], ps[1]))])
+    assert rows["baseline"].delta is None and rows["baseline"].p_holm is None
+
+
+def test_holm_on_a_textbook_example() -> None:
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_identical_differences_follow_scipy() -> None:
+    runs = [ArmRun("baseline", s, 0.5, 1) for s in range(3)]
+    runs += [ArmRun("same", s, 0.5, 1) for s in range(3)]
+    runs += [ArmRun("shifted", s, 0.6, 1) for s in range(3)]
+    rows = {r.arm: r for r in summarise(runs, "baseline", ["baseline", "same", "shifted"])}
+    assert math.isnan(rows["same"].p_value) and not rows["same"].settled
+    assert rows["shifted"].p_value == 0.0 and rows["shifted"].settled
+    assert rows["shifted"].delta == pytest.approx(0.1)
+
+
+def _config(name: str, storage: str, tmp_path: Path, **overrides: object) -> AblationConfig:
+    raw = {
+        "name": name,
+        "kind": "ablation",
+        "dataset": {"name": "digits"},
+        "baseline": {"depth": 8, "width": 0.25, "batch_size": 64, "lr": 0.05,
+                     "optimizer": "sgd", "augmentation": "none", "device": "cpu"},
+        "factors": {"augmentation": ["none", "flip"], "lr": [0.05, 1e-6]},
+        "seeds": 2,
+        "epochs": 2,
+        "max_concurrent": 2,
+        "storage": storage,
+        "output_dir": str(tmp_path),
+    }  # fmt: skip
+    raw.update(overrides)
+    path = write_study(tmp_path / f"{name}.yaml", raw)
+    return load_study_file(path)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_ablation_end_to_end(
+    storage_url: str, study_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(study_name, storage_url, tmp_path)
+    rows = run_ablation(config)
+    capsys.readouterr()  # the run's progress output
+    assert [r.arm for r in rows] == ["baseline", "augmentation=flip", "lr=1e-06"]
+    assert all(r.n == 2 for r in rows)
+    assert rows[2].delta < 0  # a learning rate of 1e-6 learns nothing in two epochs
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)  # standard Optuna
+    cells = sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in study.trials)
+    assert cells == sorted((arm, seed) for arm in ("baseline", "augmentation=flip", "lr=1e-06")
+                           for seed in (0, 1))  # fmt: skip
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        assert trial.params["seed"] == trial.user_attrs["seed"]
+        assert trial.user_attrs["config"]["seed"] == trial.user_attrs["seed"]
+        assert sorted(trial.intermediate_values) == [1, 2]
+
+    assert main(["ablation-table", "--study", study_name, "--storage", storage_url,
+                 "--format", "csv"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS)
+    assert [line.split(",")[0] for line in lines[1:]] == [r.arm for r in rows]
+    assert main(["ablation-table", "--study", study_name, "--storage", storage_url]) == 0
+    assert "| augmentation=flip | 2 |" in capsys.readouterr().out
+    assert main(["ablation-table", "--study", study_name, "--storage", storage_url,
+                 "--format", "latex"]) == 0  # fmt: skip
+    assert r"\begin{tabular}" in capsys.readouterr().out
+
+    report = build_report(study)
+    for title in ("Ablation table", "Differences to the baseline", "Per-epoch curves per arm"):
+        assert title in report
+
+    # Running it again runs nothing: every arm x seed is there.
+    assert len(run_ablation(config)) == 3
+    assert len(optuna.load_study(study_name=study_name, storage=storage_url).trials) == 6
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_sequential_seeds_stop_when_settled(tmp_path: Path, study_name: str) -> None:
+    storage = f"sqlite:///{tmp_path / 'seq.db'}"
+    config = _config(
+        study_name,
+        storage,
+        tmp_path,
+        # eval_batch_size changes nothing: its difference is 0 on every seed, never settled.
+        factors={"lr": [0.05, 1e-6], "eval_batch_size": [1024, 512]},
+        sequential={"max_seeds": 3},
+    )
+    rows = {r.arm: r for r in run_ablation(config)}
+    assert rows["lr=1e-06"].settled and rows["lr=1e-06"].n == 2
+    assert rows["eval_batch_size=512"].n == 3 and not rows["eval_batch_size=512"].settled
+    assert rows["baseline"].n == 3  # the baseline runs every seed any arm runs
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_interrupted_ablation_resumes_without_rerunning_cells(
+    tmp_path: Path, study_name: str
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'abl.db'}"
+    config = _config(study_name, storage, tmp_path, seeds=3, epochs=3)
+    driver = start_driver(Path(config.source))
+    wait_until(
+        lambda: (
+            sum(t.state == TrialState.COMPLETE for t in trials(storage, study_name)) >= 2
+            and any(t.state == TrialState.RUNNING for t in trials(storage, study_name))
+        ),
+        driver,
+    )
+    kill_driver(driver)
+    done_before = {
+        (t.user_attrs["arm"], t.user_attrs["seed"]): t.value
+        for t in trials(storage, study_name)
+        if t.state == TrialState.COMPLETE
+    }
+    rows = run_ablation(config)
+    assert all(r.n == 3 for r in rows)
+    complete = [t for t in trials(storage, study_name) if t.state == TrialState.COMPLETE]
+    cells = [(t.user_attrs["arm"], t.user_attrs["seed"]) for t in complete]
+    assert len(cells) == len(set(cells)) == 9  # no arm x seed ran twice
+    for trial in complete:
+        key = (trial.user_attrs["arm"], trial.user_attrs["seed"])
+        if key in done_before:
+            assert trial.value == done_before[key]
+
+
+def test_bad_ablation_files(tmp_path: Path) -> None:
+    cases = [
+        ({"factors": {"augmentation": "none"}}, "factors.augmentation"),
+        ({"factors": {"augmentaton": ["none"]}}, "factors.augmentaton"),
+        ({"factors": {"augmentation": ["none", "mosaic"]}}, "factors.augmentation[1]"),
+        ({"baseline": {"depth": 19}}, "baseline.depth"),
+        ({"seeds": 0}, "seeds"),
+        ({"design": "latin_square"}, "design"),
+        ({"sequential": {"max_seeds": 1}}, "sequential.max_seeds"),
+        ({"factors": {"freeze_depth": [0, 2]}}, "factors"),
+    ]
+    for overrides, path in cases:
+        with pytest.raises(ConfigError) as error:
+            _config("bad", "sqlite:///x.db", tmp_path, **overrides)
+        assert error.value.path == path, (overrides, str(error.value))
+
+
+def test_table_of_a_search_study_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(study_name="search", storage=storage)
+    assert main(["ablation-table", "--study", "search", "--storage", storage]) == 2
+    assert "not an ablation study" in capsys.readouterr().err
+
+
+def test_shipped_ablation_studies_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent / "studies"
+    for path in sorted(root.glob("*ablation*.yaml")):
+        assert isinstance(load_study_file(path), AblationConfig)
