@@ -181,14 +181,10 @@ def _validate_value(config: StudyConfig, path: str, name: str, value: Any) -> No
         raise ConfigError(path, message, config.source) from None
 
 
-def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
-    """Validate a study given as a mapping; raise :class:`ConfigError` naming the field."""
-    if not isinstance(raw, dict):
-        raise ConfigError("study", "the study file must be a YAML mapping", source)
-    if raw.get("kind") == "ablation":
-        raise ConfigError("kind", "an ablation study: read it with load_study_file", source)
+def _validated(kind: type[BaseModel], raw: dict[str, Any], source: str | None) -> Any:
+    """The pydantic model of a study file, or a ConfigError naming the first bad field."""
     try:
-        config = StudyConfig.model_validate({**raw, "source": source})
+        config = kind.model_validate({**raw, "source": source})
     except PydanticValidationError as error:
         path, message = format_validation_error("", error)
         raise ConfigError(path.lstrip(".") or "study", message, source) from None
@@ -198,6 +194,16 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
             f"unknown dataset {config.dataset.name!r}; known: {list(DATASETS)}",
             source,
         )
+    return config
+
+
+def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
+    """Validate a study given as a mapping; raise :class:`ConfigError` naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("study", "the study file must be a YAML mapping", source)
+    if raw.get("kind") == "ablation":
+        raise ConfigError("kind", "an ablation study: read it with load_study_file", source)
+    config = _validated(StudyConfig, raw, source)
     space = config.resolve_space()
     _check_against_trial_config(config, space)
     if config.sampler.name == "grid":
@@ -215,17 +221,7 @@ def parse_ablation(raw: dict[str, Any], source: str | None = None) -> Any:
     from search.ablation_plan import AblationConfig
     from search.ablation_run import validate_ablation
 
-    try:
-        config = AblationConfig.model_validate({**raw, "source": source})
-    except PydanticValidationError as error:
-        path, message = format_validation_error("", error)
-        raise ConfigError(path.lstrip(".") or "study", message, source) from None
-    if config.dataset.name not in DATASETS:
-        raise ConfigError(
-            "dataset.name",
-            f"unknown dataset {config.dataset.name!r}; known: {list(DATASETS)}",
-            source,
-        )
+    config = _validated(AblationConfig, raw, source)
     validate_ablation(config)
     return config
 
