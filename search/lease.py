@@ -9,6 +9,7 @@ that process is gone, so re-running right after a crash just works.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,8 @@ import sqlalchemy as sa
 
 from search.errors import UserError
 from search.schema import leases
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
 HEARTBEAT_EVERY_S = 10.0
@@ -121,12 +124,17 @@ class DriverLease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_every_s):
-            with self.engine.begin() as connection:
-                connection.execute(
-                    sa.update(leases)
-                    .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
-                    .values(heartbeat=time.time())
-                )
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        sa.update(leases)
+                        .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
+                        .values(heartbeat=time.time())
+                    )
+            except sa.exc.SQLAlchemyError as error:
+                # A busy or briefly unreachable database must not end the heartbeat: the next
+                # beat retries, and the lease only goes stale after timeout_s of failures.
+                logger.warning("lease heartbeat for %s failed: %s", self.study_name, error)
 
     def release(self) -> None:
         self._stop.set()

@@ -276,7 +276,17 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
     from search.storage import open_storage
 
     engine = open_storage(storage_url).engine
-    first = DriverLease(engine, study_name, timeout_s=60).acquire()
+    first = DriverLease(engine, study_name, timeout_s=60, heartbeat_every_s=0.1).acquire()
+
+    def heartbeat() -> float:
+        with engine.connect() as connection:
+            return connection.execute(
+                sa.select(leases.c.heartbeat).where(leases.c.study_name == study_name)
+            ).scalar_one()
+
+    started = heartbeat()
+    time.sleep(0.6)
+    assert heartbeat() > started  # the background thread keeps the lease alive
     with pytest.raises(LeaseHeldError, match="being run by another driver"):
         DriverLease(engine, study_name).acquire()
     first.release()
