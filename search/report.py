@@ -20,6 +20,7 @@ import plotly
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from search.errors import UserError
 from search.studies import count_states
 
 STATE_COLOURS = {
@@ -361,6 +362,12 @@ def write_report(
     study: optuna.Study, path: str | Path, importance: Importance = "ped-anova"
 ) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(study, importance))
+    text = build_report(study, importance)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as error:
+        raise UserError(
+            f"cannot write the report to {path}: {error.strerror}; pass -o with a writable path"
+        ) from None
     return path

@@ -119,6 +119,16 @@ def test_user_errors_exit_2_and_write_nothing(
     assert "cannot open storage" in capsys.readouterr().err
 
 
+def test_report_to_an_unwritable_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(study_name="present", storage=storage)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    target = blocker / "report.html"  # a folder that is a file
+    assert main(["report", "--study", "present", "--storage", storage, "-o", str(target)]) == 2
+    assert f"cannot write the report to {target}" in capsys.readouterr().err
+
+
 def test_report_of_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     storage = f"sqlite:///{tmp_path / 'x.db'}"
     optuna.create_study(study_name="present", storage=storage)
