@@ -22,7 +22,7 @@ from search.ablation_plan import (
     seeds_for,
 )
 from search.ablation_stats import ArmRun, ArmSummary, summarise
-from search.config import STUDY_OWNED_FIELDS, ConfigError
+from search.config import STUDY_OWNED_FIELDS, ConfigError, check_gpu_share
 from search.errors import UserError
 from search.faults import Fault
 from search.pretrained import STUDY_PREFIX
@@ -66,6 +66,10 @@ def validate_ablation(config: AblationConfig) -> None:
         for index, value in enumerate(listed):
             where = f"factors.{name}[{index}]" if isinstance(values, list) else f"factors.{name}"
             _check_value(config, where, name, value)
+    devices = {config.baseline.get("device")}
+    factor_devices = config.factors.get("device", [])
+    devices |= set(factor_devices if isinstance(factor_devices, list) else [factor_devices])
+    check_gpu_share(devices, config.resources, config.source)
     source = config.baseline.get(FROM_KEY)
     if source is not None and not (isinstance(source, str) and source.startswith(STUDY_PREFIX)):
         raise ConfigError("baseline.from", "must be study:NAME", config.source)

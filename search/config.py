@@ -181,6 +181,17 @@ def _validate_value(config: StudyConfig, path: str, name: str, value: Any) -> No
         raise ConfigError(path, message, config.source) from None
 
 
+def check_gpu_share(devices: set[Any], resources: ResourcesConfig, source: str | None) -> None:
+    """A trial that trains on CUDA needs a GPU share: Ray hides the GPUs from the others."""
+    if "cuda" in devices and resources.gpu == 0:
+        raise ConfigError(
+            "resources.gpu",
+            "trials with device: cuda need a GPU share per trial (e.g. resources: {gpu: 0.25} "
+            "packs four trials on a GPU); Ray hides GPUs from trials that ask for none",
+            source,
+        )
+
+
 def _validated(kind: type[BaseModel], raw: dict[str, Any], source: str | None) -> Any:
     """The pydantic model of a study file, or a ConfigError naming the first bad field."""
     try:
@@ -206,6 +217,10 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
     config = _validated(StudyConfig, raw, source)
     space = config.resolve_space()
     _check_against_trial_config(config, space)
+    devices = {config.fixed.get("device")}
+    param = space.params.get("device")
+    devices |= set(getattr(param, "choices", [getattr(param, "value", None)]))
+    check_gpu_share(devices, config.resources, source)
     if config.sampler.name == "grid":
         try:
             space.grid()

@@ -71,6 +71,7 @@ def test_space_file_is_found_next_to_the_study(tmp_path: Path) -> None:
         ),
         ({"space": "no_such_space"}, "space"),
         ({"sampler": {"name": "grid"}}, "space.lr"),
+        ({"fixed": {"device": "cuda"}}, "resources.gpu"),
     ],
 )
 def test_bad_study_names_the_field(overrides: dict, path: str) -> None:

@@ -12,10 +12,10 @@ from search import parse_study, run_study
 from search.runner import prepare_study
 from tests.studies import tiny_study
 
-GOOD = {"lr": 0.05, "device": "cpu"}
-SLOW = {"lr": 1e-7, "device": "cpu"}  # learns nothing in one epoch: ASHA stops it
-DIVERGES = {"lr": 1e9, "device": "cpu"}  # NaN loss in epoch 1
-BROKEN = {"lr": 0.05, "device": "cuda"}  # raises: no GPU on the test machines
+GOOD = {"lr": 0.05, "pretrained": None}
+SLOW = {"lr": 1e-7, "pretrained": None}  # learns nothing in one epoch: ASHA stops it
+DIVERGES = {"lr": 1e9, "pretrained": None}  # NaN loss in epoch 1
+BROKEN = {"lr": 0.05, "pretrained": "not-a-checkpoint.pt"}  # raises when the trial loads it
 
 
 def _states_study(name: str, storage: str, output_dir: Path) -> dict:
@@ -27,9 +27,15 @@ def _states_study(name: str, storage: str, output_dir: Path) -> dict:
             "depth": 8,
             "optimizer": "sgd",
             "lr": {"type": "categorical", "choices": [0.05, 1e-7, 1e9]},
-            "device": {"type": "categorical", "choices": ["cpu", "cuda"]},
+            "pretrained": {"type": "categorical", "choices": [None, "not-a-checkpoint.pt"]},
         },
-        fixed={"width": 0.5, "batch_size": 32, "augmentation": "none", "schedule": "constant"},
+        fixed={
+            "width": 0.5,
+            "batch_size": 32,
+            "augmentation": "none",
+            "schedule": "constant",
+            "device": "cpu",
+        },
         n_trials=2,  # finished (COMPLETE + PRUNED) trials: failures do not use up the budget
         max_concurrent=1,  # sequential, so ASHA's rung comparison is deterministic
     )
@@ -70,8 +76,8 @@ def test_every_trial_ends_in_an_honest_state(
     assert "not finite" in diverged.user_attrs["error"]
     assert diverged.intermediate_values == {}
 
-    assert broken.user_attrs["stop_reason"].startswith("exception:")
-    assert broken.user_attrs["error"]
+    assert broken.user_attrs["stop_reason"] == "exception:PretrainedError"
+    assert "not-a-checkpoint.pt" in broken.user_attrs["error"]
 
     for trial in trials:
         assert trial.user_attrs["ray_trial_id"]
