@@ -340,9 +340,9 @@ def fit(
             "images_per_s": n_train / max(train_seconds, 1e-9),
             "device": str(device),
         }
-        if warnings and not history:
+        history.append(dict(metrics))  # the warning below belongs to this run only
+        if warnings and len(history) == 1:
             metrics["checkpoint_warning"] = "; ".join(warnings)
-        history.append(metrics)
         if checkpoint_path is not None:
             save_atomic(
                 {

@@ -1,7 +1,7 @@
 """The service: study files, SQL storage, the Ray/Optuna searcher, reports and the CLI."""
 
 from search.ablation_plan import AblationConfig, Arm, plan_arms
-from search.ablation_run import AblationPlan, analyse, run_ablation
+from search.ablation_run import AblationPlan, AblationResult, analyse, run_ablation
 from search.ablation_stats import ArmRun, ArmSummary, holm, summarise
 from search.ablation_table import to_csv, to_latex, to_markdown
 from search.config import DEFAULT_STORAGE, StudyConfig, load_study_file, parse_study
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "AblationConfig",
     "AblationPlan",
+    "AblationResult",
     "Arm",
     "ArmRun",
     "ArmSummary",

@@ -26,6 +26,7 @@ from search.config import STUDY_OWNED_FIELDS, ConfigError, check_gpu_share
 from search.errors import UserError
 from search.faults import Fault
 from search.pretrained import STUDY_PREFIX
+from search.resume import RETRYABLE_REASONS
 from search.studies import load_study_readonly
 from spaces.language import format_validation_error
 
@@ -161,6 +162,11 @@ class AblationPlan:
             )
         covered: set[tuple[str, int]] = set()
         for trial in study.get_trials(deepcopy=False):
+            lost = trial.state == TrialState.FAIL and (
+                trial.user_attrs.get("stop_reason") in RETRYABLE_REASONS
+            )
+            if lost:
+                continue  # its retry (queued by the lease holder) covers the cell, or nothing
             params = _params(trial)
             arm = arm_of(self.arms, params)
             if arm is not None and SEED_PARAM in params:
@@ -213,11 +219,17 @@ def analyse(study: optuna.Study) -> list[ArmSummary]:
     return summarise(ablation_runs(study), info["baseline_arm"], info["arms"])
 
 
+@dataclass(frozen=True)
+class AblationResult:
+    rows: list[ArmSummary]
+    gave_up: bool  # the run stopped after max_failed_trials failures; cells are missing
+
+
 def run_ablation(
     config: AblationConfig,
     stream: TextIO | None = None,
     faults: dict[int, Fault] | None = None,
-) -> list[ArmSummary]:
+) -> AblationResult:
     """Run every arm x seed (resuming what the study holds), then sequential seeds if asked."""
     from search.runner import run_study
 
@@ -231,13 +243,13 @@ def run_ablation(
         f"{config.epochs} epochs each\n"
     )
     while True:
-        run_study(engine, stream=stream, faults=faults, plan=plan)
+        summary = run_study(engine, stream=stream, faults=faults, plan=plan)
         study = load_study_readonly(config.name, config.storage)
         rows = analyse(study)
-        if config.sequential is None:
-            return rows
+        if config.sequential is None or summary.gave_up:
+            return AblationResult(rows, summary.gave_up)
         unsettled = [r.arm for r in rows if r.arm != BASELINE and not r.settled]
         extended = [arm for arm in unsettled if plan.add_seed(arm)]
         if not extended:
-            return rows
+            return AblationResult(rows, gave_up=False)
         stream.write(f"sequential seeds: one more seed for {extended} (and the baseline)\n")

@@ -56,14 +56,18 @@ def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
 
     if args.more is not None or args.fork is not None:
         raise UserError("--more and --fork are for search studies; an ablation runs its plan")
-    rows = run_ablation(config)
+    result = run_ablation(config)
     print()
-    print(to_markdown(rows))
+    print(to_markdown(result.rows))
     print(f"storage: {config.storage}")
     print(
         f"table:   resnet-hpo ablation-table --study {config.name} --storage '{config.storage}' "
         "--format md|csv|latex"
     )
+    if result.gave_up:
+        print("stopped early: too many failed trials (max_failed_trials); cells are missing, "
+              "see the trials' stop_reason and error", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -84,6 +84,7 @@ class DriverLease:
         self.owner = uuid.uuid4().hex
         self.took_over: LeaseHolder | None = None
         self._stop = threading.Event()
+        self.lost = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> DriverLease:
@@ -117,7 +118,14 @@ class DriverLease:
                     sa.update(leases).where(leases.c.study_name == self.study_name).values(**me)
                 )
             else:
-                connection.execute(sa.insert(leases).values(**me))
+                try:
+                    connection.execute(sa.insert(leases).values(**me))
+                except sa.exc.IntegrityError:
+                    # Another driver inserted the row between our read and our write.
+                    raise LeaseHeldError(
+                        f"study {self.study_name!r} was just taken by another driver; wait for "
+                        "it to finish"
+                    ) from None
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -126,11 +134,17 @@ class DriverLease:
         while not self._stop.wait(self.heartbeat_every_s):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(
+                    renewed = connection.execute(
                         sa.update(leases)
                         .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
                         .values(heartbeat=time.time())
-                    )
+                    ).rowcount
+                if renewed == 0:
+                    # Another driver took the lease (we were paused past the timeout): stop
+                    # proposing trials; what runs now finishes, the other driver owns the rest.
+                    self.lost.set()
+                    logger.error("lost the lease of %s to another driver", self.study_name)
+                    return
             except sa.exc.SQLAlchemyError as error:
                 # A busy or briefly unreachable database must not end the heartbeat: the next
                 # beat retries, and the lease only goes stale after timeout_s of failures.

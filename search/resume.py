@@ -24,6 +24,7 @@ from spaces import Space
 # concurrency, resources, ASHA's grace and rate) may change between runs.
 COMPARED_FIELDS = ("dataset", "space", "fixed", "objective", "asha.max_epochs")
 RETRYABLE_REASONS = ("driver_lost", "interrupted")
+FORK_DROPPED = ("retry_of", "worker_failures")
 
 
 class IncompatibleStudyError(UserError):
@@ -68,7 +69,13 @@ def check_compatible(study: optuna.Study, current: dict[str, Any]) -> None:
 
 
 def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
-    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    """Trials whose retry exists and still counts: queued, running, finished, or failed after
+    it reached a worker (a retry lost before that leaves its original to be retried)."""
+    return {
+        t.user_attrs["retry_of"]
+        for t in trials
+        if "retry_of" in t.user_attrs and (t.state != TrialState.FAIL or "config" in t.user_attrs)
+    }
 
 
 def recover_lost_trials(study: optuna.Study) -> list[int]:
@@ -98,6 +105,12 @@ def recover_lost_trials(study: optuna.Study) -> list[int]:
             )
             queued.append(trial.number)
     return queued
+
+
+def clear_checkpoints(folder: Path) -> None:
+    """Remove checkpoints left in a trial folder by an earlier study of the same name."""
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        (folder / name).unlink(missing_ok=True)
 
 
 def carry_checkpoint(source_dir: Path, target_dir: Path) -> bool:
@@ -140,7 +153,8 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> int
                 distributions={k: distributions[k] for k in trial.params},
                 intermediate_values=dict(trial.intermediate_values),
                 user_attrs={
-                    **trial.user_attrs,
+                    # Trial numbers of the old study would mean other trials here.
+                    **{k: v for k, v in trial.user_attrs.items() if k not in FORK_DROPPED},
                     "forked_from": f"{source.study_name}#{trial.number}",
                 },
             )

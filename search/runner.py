@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ def prepare_study(
     else:
         study = optuna.create_study(storage=storage, study_name=config.name, direction=direction)
         study.set_user_attr("study_file", resolved)
+        study.set_user_attr("uid", uuid.uuid4().hex)
         study.set_user_attr("package_version", package_version())
         study.set_user_attr("git_sha", git_sha())
         study.set_user_attr("created_on_host", host())
@@ -203,6 +205,7 @@ def _run(
     more: int | None,
     started: float,
     plan: QueuePlan | None = None,
+    lease: DriverLease | None = None,
 ) -> RunSummary:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -216,7 +219,12 @@ def _run(
         to_run = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         target = finished_before + to_run
     output_dir = Path(config.output_dir).expanduser().resolve()
-    checkpoint_root = output_dir / "checkpoints" / config.name
+    # The study's uid keeps two studies of one name (in two databases) out of each other's
+    # checkpoint folders.
+    uid = study.user_attrs.get("uid")
+    checkpoint_root = (
+        output_dir / "checkpoints" / (f"{config.name}-{uid[:8]}" if uid else config.name)
+    )
     metric = config.objective.metric
     mode = "max" if config.objective.resolved_direction == "maximize" else "min"
 
@@ -239,6 +247,7 @@ def _run(
         faults=faults,
         queued_only=plan is not None,
         describe=plan.describe if plan is not None else None,
+        lease_lost=lease.lost.is_set if lease is not None else None,
     )
     if config.asha.enabled:
         scheduler = RecordingASHA(

@@ -19,6 +19,8 @@ class RecordingASHA(ASHAScheduler):
         self.stopped_early = stopped_early
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get("replay"):
+            return TrialScheduler.CONTINUE  # already recorded in its rungs by the first attempt
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
             self.stopped_early.add(trial.trial_id)

@@ -19,6 +19,7 @@ starts from the lost trial's checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -32,8 +33,10 @@ from ray.tune.search import Searcher
 
 from search.failures import error_text, failure_reason
 from search.faults import Fault
-from search.resume import carry_checkpoint
+from search.resume import carry_checkpoint, clear_checkpoints
 from spaces import Space
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FOLDER = "trial_{number:05d}"
 WORKER_DIED = "worker_died"
@@ -92,6 +95,7 @@ class StudySearcher(Searcher):
         faults: dict[int, Fault] | None = None,
         queued_only: bool = False,
         describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        lease_lost: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
@@ -109,9 +113,13 @@ class StudySearcher(Searcher):
         self.faults = dict(faults or {})
         self.queued_only = queued_only
         self.describe = describe
+        self.lease_lost = lease_lost or (lambda: False)
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._retry_queue: list[_LiveTrial] = []
+        # Every trial asked and not yet told, whatever happens in between: close() fails
+        # these, so a database error or an exception mid-suggest cannot leave one RUNNING.
+        self._open: dict[int, optuna.Trial] = {}
         self._counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
         self._epochs_done = 0
         self._best: tuple[float, int] | None = None
@@ -181,6 +189,13 @@ class StudySearcher(Searcher):
             self._finish(live, TrialState.FAIL, "interrupted")
         self._live.clear()
         self._retry_queue.clear()
+        for trial in list(self._open.values()):
+            try:
+                trial.set_user_attr("stop_reason", "interrupted")
+                self.study.tell(trial, state=TrialState.FAIL)
+            except Exception as error:  # noqa: BLE001 - the next run recovers it as driver_lost
+                logger.warning("could not close trial %d: %s", trial.number, error)
+            self._open.pop(trial.number, None)
 
     def progress(self) -> SearchProgress:
         return SearchProgress(
@@ -203,7 +218,7 @@ class StudySearcher(Searcher):
         )
 
     def _done_proposing(self) -> bool:
-        if self._finished_total() >= self.target_finished:
+        if self._finished_total() >= self.target_finished or self.lease_lost():
             return True
         too_many = self.max_failed_trials is not None and (
             self._counts[TrialState.FAIL] >= self.max_failed_trials
@@ -216,6 +231,7 @@ class StudySearcher(Searcher):
 
     def _start_new_trial(self, trial_id: str) -> dict[str, Any]:
         trial = self.study.ask()
+        self._open[trial.number] = trial
         params = self.space.sample(trial)
         for key, value in (self.describe(params) if self.describe else {}).items():
             trial.set_user_attr(key, value)
@@ -229,6 +245,8 @@ class StudySearcher(Searcher):
         lost = trial.user_attrs.get("retry_of")
         if lost is not None:
             self._carry_from(lost, checkpoint_dir)
+        else:
+            clear_checkpoints(checkpoint_dir)  # a new trial never continues someone else's
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("checkpoint", str(checkpoint_dir))
         trial.set_user_attr("config", trial_config)
@@ -256,7 +274,9 @@ class StudySearcher(Searcher):
         live.ray_trial_id = trial_id
         live.trial.set_user_attr("ray_trial_id", trial_id)
         self._live[trial_id] = live
-        return {**live.payload, "fault": None}
+        # "replay": ASHA has already seen the epochs this run replays (under the Ray trial id
+        # of the first attempt) and must not count them twice.
+        return {**live.payload, "fault": None, "replay": True}
 
     def _record_epoch(self, live: _LiveTrial, result: dict[str, Any]) -> None:
         if result.get("checkpoint_warning"):
@@ -292,6 +312,7 @@ class StudySearcher(Searcher):
         if live.device is not None:
             trial.set_user_attr("device", live.device)
         self.study.tell(trial, value, state=state)
+        self._open.pop(trial.number, None)
         self._counts[state] += 1
         if state == TrialState.COMPLETE and value is not None and self._is_better(value):
             self._best = (value, trial.number)

@@ -49,10 +49,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Writable storage for the driver; creates the SQLite file (and folder) if missing."""
     _parse(url)
     path = sqlite_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+    try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+    except (OSError, sqlite3.Error) as error:
+        raise StorageError(
+            f"cannot use {path} as a study database ({error}); pass --storage with another file"
+        ) from None
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
         ensure_schema(storage.engine, _safe(url))
@@ -90,7 +95,7 @@ def _safe(url: str) -> str:
 
 def _explain(url: str, error: Exception) -> str:
     safe = _safe(url)
-    if "no longer compatible" in str(error) or "schema" in str(error).lower():
+    if "no longer compatible" in str(error) or "runtime optuna version" in str(error):
         return (
             f"storage {safe} was made by an Optuna whose table schema this one cannot use "
             f"({str(error).strip().splitlines()[0]}). Open it with the versions that made it, "

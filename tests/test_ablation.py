@@ -133,7 +133,7 @@ def test_ablation_end_to_end(
     storage_url: str, study_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(study_name, storage_url, tmp_path)
-    rows = run_ablation(config)
+    rows = run_ablation(config).rows
     capsys.readouterr()  # the run's progress output
     assert [r.arm for r in rows] == ["baseline", "augmentation=flip", "lr=1e-06"]
     assert all(r.n == 2 for r in rows)
@@ -165,7 +165,7 @@ def test_ablation_end_to_end(
         assert title in report
 
     # Running it again runs nothing: every arm x seed is there.
-    assert len(run_ablation(config)) == 3
+    assert len(run_ablation(config).rows) == 3
     assert len(optuna.load_study(study_name=study_name, storage=storage_url).trials) == 6
 
 
@@ -180,7 +180,7 @@ def test_sequential_seeds_stop_when_settled(tmp_path: Path, study_name: str) -> 
         factors={"lr": [0.05, 1e-6], "eval_batch_size": [1024, 512]},
         sequential={"max_seeds": 3},
     )
-    rows = {r.arm: r for r in run_ablation(config)}
+    rows = {r.arm: r for r in run_ablation(config).rows}
     assert rows["lr=1e-06"].settled and rows["lr=1e-06"].n == 2
     assert rows["eval_batch_size=512"].n == 3 and not rows["eval_batch_size=512"].settled
     assert rows["baseline"].n == 3  # the baseline runs every seed any arm runs
@@ -206,7 +206,7 @@ def test_interrupted_ablation_resumes_without_rerunning_cells(
         for t in trials(storage, study_name)
         if t.state == TrialState.COMPLETE
     }
-    rows = run_ablation(config)
+    rows = run_ablation(config).rows
     assert all(r.n == 3 for r in rows)
     complete = [t for t in trials(storage, study_name) if t.state == TrialState.COMPLETE]
     cells = [(t.user_attrs["arm"], t.user_attrs["seed"]) for t in complete]
@@ -247,3 +247,36 @@ def test_shipped_ablation_studies_are_valid() -> None:
     root = Path(__file__).resolve().parent.parent / "studies"
     for path in sorted(root.glob("*ablation*.yaml")):
         assert isinstance(load_study_file(path), AblationConfig)
+
+
+def test_pairs_over_the_seeds_both_ran() -> None:
+    """Sequential seeds give the baseline seeds an arm lacks: still a paired comparison."""
+    runs = [ArmRun("baseline", s, v, 1) for s, v in enumerate([0.50, 0.55, 0.60, 0.52])]
+    runs += [ArmRun("arm", s, v, 1) for s, v in enumerate([0.56, 0.60, 0.67])]
+    row = next(r for r in summarise(runs, "baseline", ["baseline", "arm"]) if r.arm == "arm")
+    expected = stats.ttest_rel([0.56, 0.60, 0.67], [0.50, 0.55, 0.60])
+    assert row.test == "paired"
+    assert row.p_value == pytest.approx(expected.pvalue)
+    assert row.delta == pytest.approx(np.mean([0.06, 0.05, 0.07]))
+
+
+def test_a_cell_lost_before_it_started_is_queued_again(tmp_path: Path) -> None:
+    from search.ablation_plan import engine_config
+    from search.ablation_run import AblationPlan, resolve_baseline
+    from search.runner import prepare_study
+
+    config = _config("lost", f"sqlite:///{tmp_path / 'lost.db'}", tmp_path)
+    baseline = resolve_baseline(config)
+    arms = plan_arms(baseline, config.factors, config.design)
+    engine = engine_config(config, baseline, arms)
+    study = prepare_study(engine, engine.resolve_space())
+    plan = AblationPlan(config, baseline, arms)
+    assert plan.enqueue_missing(study) == 6
+    # A driver asks the first cell and dies before handing it to a worker.
+    trial = study.ask()
+    engine.resolve_space().sample(trial)
+    trial.set_user_attr("stop_reason", "driver_lost")  # as recover_lost_trials records it
+    study.tell(trial, state=TrialState.FAIL)
+    assert plan.enqueue_missing(study) == 1  # that cell, and only that one
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting][-1] == {**arms[0].values, "seed": 0}

@@ -198,3 +198,14 @@ def test_database_of_an_unknown_optuna_schema_is_refused(
     before = _row_counts(db)
     assert main(["studies", "--storage", f"sqlite:///{db}"]) == 2
     assert _row_counts(db) == before
+
+
+def test_a_file_that_is_no_database_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "notes.db"
+    db.write_text("these are my notes, not a database\n" * 100)
+    study = write_study(tmp_path / "s.yaml", tiny_study("s", f"sqlite:///{db}", tmp_path))
+    assert main(["run", str(study)]) == 2
+    assert f"cannot use {db} as a study database" in capsys.readouterr().err
+    assert db.read_text().startswith("these are my notes")

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -284,9 +285,21 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
                 sa.select(leases.c.heartbeat).where(leases.c.study_name == study_name)
             ).scalar_one()
 
+    def eventually(condition: Callable[[], bool], timeout_s: float = 15) -> bool:
+        deadline = time.monotonic() + timeout_s  # generous: the suite loads both cores
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            time.sleep(0.05)
+        return False
+
     started = heartbeat()
-    time.sleep(0.6)
-    assert heartbeat() > started  # the background thread keeps the lease alive
+    assert eventually(lambda: heartbeat() > started)  # the thread keeps the lease alive
+    with engine.begin() as connection:  # another driver takes the lease over
+        connection.execute(sa.update(leases).values(owner="usurper"))
+    assert eventually(first.lost.is_set)
+    with engine.begin() as connection:
+        connection.execute(sa.update(leases).values(owner=first.owner))
     with pytest.raises(LeaseHeldError, match="being run by another driver"):
         DriverLease(engine, study_name).acquire()
     first.release()
@@ -357,3 +370,23 @@ def test_two_drivers_on_postgres_and_a_resume_lose_nothing(tmp_path: Path, study
         for name in names:
             if name in optuna.get_all_study_names(url):
                 optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_same_study_name_in_another_database_starts_afresh(tmp_path: Path, study_name: str) -> None:
+    """Checkpoints of an earlier study of the same name never leak into a new one."""
+    no_pruning = {"max_epochs": 2, "enabled": False}
+    first, second = (
+        parse_study(_study(study_name, f"sqlite:///{tmp_path / db}", tmp_path, n_trials=2,
+                           asha=no_pruning, max_concurrent=1))
+        for db in ("one.db", "two.db")
+    )  # fmt: skip
+    run_study(first)
+    run_study(second)  # same name, same sampler seed, same output_dir
+    one = trials(first.storage, study_name)
+    two = trials(second.storage, study_name)
+    assert [t.params for t in one] == [t.params for t in two]  # the same configurations ...
+    for old, new in zip(one, two, strict=True):
+        assert "resumed_from_epoch" not in new.user_attrs  # ... trained again, not reloaded
+        assert old.user_attrs["checkpoint"] != new.user_attrs["checkpoint"]
+        assert new.user_attrs["train_seconds"] > 0
