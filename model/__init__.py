@@ -3,7 +3,7 @@
 from model.augment import AUGMENTATIONS, Augmentation, build_augmentation
 from model.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic
 from model.data import DATASETS, DataError, DataSplits, load_cifar10, load_dataset, load_digits
-from model.device_data import DeviceData, clear_device_cache, on_device
+from model.device_data import DeviceData, on_device
 from model.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from model.pretrained import (
     IMAGENET,
@@ -36,7 +36,6 @@ __all__ = [
     "build_optimizer",
     "build_resnet",
     "build_schedule",
-    "clear_device_cache",
     "fit",
     "imagenet_cache_path",
     "imagenet_state_dict",

@@ -60,7 +60,3 @@ def on_device(data: DataSplits, device: torch.device) -> DeviceData:
     while len(_CACHE) > MAX_CACHED:
         _CACHE.popitem(last=False)
     return moved
-
-
-def clear_device_cache() -> None:
-    _CACHE.clear()

@@ -214,6 +214,33 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _restore(
+    checkpoint_dir: str | Path | None,
+    cfg: TrialConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Load the newest good checkpoint of these settings into the training state; return
+    the metric history it holds and warnings about checkpoints that could not be used."""
+    if checkpoint_dir is None:
+        return [], []
+    state, warnings = load_latest_good(checkpoint_dir)
+    if state is not None and state.get("config") != cfg.model_dump():
+        warnings.append("the checkpoint was made with other settings; starting afresh")
+        state = None
+    if state is None:
+        if warnings:
+            warnings.append("no usable checkpoint; the trial starts from epoch 1")
+        return [], warnings
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _restore_rng(state["rng"], generator)
+    return list(state["history"]), warnings
+
+
 def fit(
     config: TrialConfig | Mapping[str, Any],
     data: DataSplits,
@@ -271,21 +298,7 @@ def fit(
     generator.manual_seed(cfg.seed)
 
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-    history: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    if checkpoint_dir is not None:
-        state, warnings = load_latest_good(checkpoint_dir)
-        if state is not None and state.get("config") != cfg.model_dump():
-            warnings.append("the checkpoint was made with other settings; starting afresh")
-            state = None
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _restore_rng(state["rng"], generator)
-            history = list(state["history"])
-        elif warnings:
-            warnings.append("no usable checkpoint; the trial starts from epoch 1")
+    history, warnings = _restore(checkpoint_dir, cfg, model, optimizer, scheduler, generator)
     start_epoch = len(history) + 1
     # Whoever runs us now (a retry, a resumed study) hears the epochs it missed first.
     for index, past in enumerate(history):

@@ -49,7 +49,7 @@ def to_csv(rows: list[ArmSummary]) -> str:
     return buffer.getvalue()
 
 
-def _cells(row: ArmSummary) -> list[str]:
+def table_cells(row: ArmSummary) -> list[str]:
     def interval(low: float | None, high: float | None) -> str:
         text_low, text_high = _number(low), _number(high)
         return f"[{text_low}, {text_high}]" if text_low and text_high else ""
@@ -80,7 +80,7 @@ HEADER = (
 
 def to_markdown(rows: list[ArmSummary]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -95,7 +95,7 @@ def to_latex(rows: list[ArmSummary]) -> str:
     lines = [rf"\begin{{tabular}}{{{columns}}}", r"\toprule"]
     lines.append(" & ".join(escape(h) for h in HEADER) + r" \\")
     lines.append(r"\midrule")
-    lines += [" & ".join(escape(c) for c in _cells(row)) + r" \\" for row in rows]
+    lines += [" & ".join(escape(c) for c in table_cells(row)) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 

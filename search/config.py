@@ -217,9 +217,7 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
     config = _validated(StudyConfig, raw, source)
     space = config.resolve_space()
     _check_against_trial_config(config, space)
-    devices = {config.fixed.get("device")}
-    param = space.params.get("device")
-    devices |= set(getattr(param, "choices", [getattr(param, "value", None)]))
+    devices = {config.fixed.get("device"), *space.listed_values("device")}
     check_gpu_share(devices, config.resources, source)
     if config.sampler.name == "grid":
         try:

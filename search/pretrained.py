@@ -14,19 +14,14 @@ from optuna.trial import TrialState
 from model import CHECKPOINT_NAME
 from search.errors import UserError
 from search.studies import load_study_readonly
-from spaces import CategoricalParam, FixedParam, Space
+from spaces import Space
 
 STUDY_PREFIX = "study:"
 
 
 def study_references(fixed: dict[str, Any], space: Space) -> set[str]:
     """Every ``study:NAME`` value that ``pretrained`` can take in this study."""
-    values: list[Any] = [fixed.get("pretrained")]
-    param = space.params.get("pretrained")
-    if isinstance(param, FixedParam):
-        values.append(param.value)
-    elif isinstance(param, CategoricalParam):
-        values.extend(param.choices)
+    values = [fixed.get("pretrained"), *space.listed_values("pretrained")]
     return {v for v in values if isinstance(v, str) and v.startswith(STUDY_PREFIX)}
 
 

@@ -50,7 +50,7 @@ class ProgressView(Callback):
         self.stream = stream or sys.stdout
         self.interval_s = interval_s
         self.started = time.monotonic()
-        self._last_line = ""
+        self._last_counts: tuple[int, ...] = ()
         self._last_draw = 0.0
         self._last_print = 0.0
         self.log_heartbeat_s = 30.0
@@ -68,20 +68,19 @@ class ProgressView(Callback):
         now = time.monotonic()
         if not force and now - self._last_draw < self.interval_s:
             return
-        line = format_progress(self.searcher.progress(), self.total, now - self.started)
+        progress = self.searcher.progress()
+        line = format_progress(progress, self.total, now - self.started)
         self._last_draw = now
+        counts = (progress.running, progress.complete, progress.pruned, progress.failed)
         if self._tty:
             self.stream.write("\r\x1b[2K" + line)
-        elif (
-            line.split(" | epochs")[0] != self._last_line.split(" | epochs")[0]
-            or now - self._last_print >= self.log_heartbeat_s
-        ):
+        elif counts != self._last_counts or now - self._last_print >= self.log_heartbeat_s:
             # Logs get a line when a trial starts or ends, and a heartbeat in between.
             self.stream.write(line + "\n")
             self._last_print = now
         else:
             return
-        self._last_line = line
+        self._last_counts = counts
         self.stream.flush()
 
     def finish(self) -> None:

@@ -263,11 +263,11 @@ def forest_figure(rows: list[Any], metric: str) -> go.Figure:
 
 
 def _ablation_table_html(rows: list[Any]) -> str:
-    from search.ablation_table import HEADER, _cells
+    from search.ablation_table import HEADER, table_cells
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(row)) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row)) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -25,6 +25,7 @@ from search.provenance import git_sha, host, package_version
 from search.resume import check_compatible, fork_trials, recover_lost_trials
 from search.searcher import SearchProgress, StudySearcher
 from search.storage import open_storage
+from search.studies import count_states
 from spaces import Space
 
 # Our SQL study is the record; Tune's per-trial CSV/JSON/TensorBoard files would only repeat it.
@@ -318,10 +319,7 @@ def _summarise(
     wall_seconds: float,
     checkpoint_root: Path,
 ) -> RunSummary:
-    trials = study.get_trials(deepcopy=False)
-    counts = {state.name: 0 for state in TrialState}
-    for trial in trials:
-        counts[trial.state.name] += 1
+    counts = count_states(study.get_trials(deepcopy=False))
     best = None
     if counts["COMPLETE"]:
         best = study.best_trial

@@ -229,13 +229,15 @@ class Space(BaseModel):
                 values[name] = trial.suggest_categorical(name, param.choices)
         return values
 
-    def active_names(self, values: Mapping[str, Any]) -> set[str]:
-        """The parameters that exist for a configuration holding ``values``."""
-        resolved: dict[str, Any] = {}
-        for name in self.sampling_order():
-            if _active(self.params[name], resolved) and name in values:
-                resolved[name] = values[name]
-        return set(resolved)
+    def listed_values(self, name: str) -> list[Any]:
+        """The values a parameter names outright: its fixed value or its categorical choices
+        (empty for numeric ranges and for names not in the space)."""
+        param = self.params.get(name)
+        if isinstance(param, FixedParam):
+            return [param.value]
+        if isinstance(param, CategoricalParam):
+            return list(param.choices)
+        return []
 
     def required_names(self, values: Mapping[str, Any]) -> set[str]:
         """The searched parameters a configuration with ``values`` must have (conditions are

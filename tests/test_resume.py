@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from model import TrialConfig, fit, load_digits
@@ -195,7 +196,13 @@ def test_second_driver_is_refused_while_the_first_lives(
         assert main(["run", str(study_file)]) == 2
         err = capsys.readouterr().err
         assert "is being run by another driver" in err and socket.gethostname() in err
-        assert len(trials(storage, study_name)) >= count  # only the first driver added any
+        assert f"pid {driver.pid} " in err  # the live holder is named ...
+        assert len(trials(storage, study_name)) >= count
+        engine = sqlalchemy.create_engine(storage)
+        with engine.connect() as connection:  # ... and still holds the lease
+            holder = connection.execute(sqlalchemy.text("select pid from resnet_hpo_leases"))
+            assert holder.scalar_one() == driver.pid
+        engine.dispose()
         # Readers never break the writer: listing and reporting while it runs.
         assert main(["studies", "--storage", storage]) == 0
         report = tmp_path / "live.html"
