@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,16 @@ MAGIC = b"RHPO-CKPT-1\n"
 DIGEST_BYTES = 64  # hex SHA-256
 
 
+# The start of the message torch raises when weights_only=True meets a pickled object.
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
 class CorruptCheckpointError(ValueError):
     """The file is truncated, corrupted or not a checkpoint of ours."""
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """The file needs full unpickling (arbitrary code) to load; it is refused."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -73,8 +82,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     else:
         payload = data  # a plain torch.save file (e.g. a state dict from elsewhere)
     try:
-        # weights_only=False: the state holds RNG byte tensors and plain dicts we wrote.
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        # weights_only=True: a checkpoint is tensors and plain containers (our own states,
+        # RNG byte tensors included, load this way), so loading a file never runs code.
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if WEIGHTS_ONLY_REFUSAL in str(error):
+            raise UnsafeCheckpointError(
+                f"{path}: holds pickled Python objects, not only tensors and plain containers; "
+                "it is not loaded, since unpickling them could run any code. Save the weights "
+                "as a state dict instead: torch.save(model.state_dict(), path)"
+            ) from None
+        raise CorruptCheckpointError(f"{path}: unreadable ({error})") from error
     except Exception as error:  # noqa: BLE001 - any unreadable payload is corrupt
         raise CorruptCheckpointError(f"{path}: unreadable ({error})") from error
 

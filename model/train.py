@@ -8,6 +8,7 @@ nothing of studies, Ray or databases, and it talks to the outside only through `
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +34,8 @@ from model.pretrained import (
 from model.resnet import SUPPORTED_DEPTHS, ResNet, build_resnet
 
 Report = Callable[[dict[str, Any]], None]
+# The devices a trial can train on (auto: CUDA when there is one).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class TrialSettings(BaseModel):
@@ -69,6 +72,13 @@ class TrialSettings(BaseModel):
         if depth not in SUPPORTED_DEPTHS:
             raise ValueError(f"depth must be one of {list(SUPPORTED_DEPTHS)}")
         return depth
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return device
 
     @field_validator("augmentation")
     @classmethod

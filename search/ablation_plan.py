@@ -60,6 +60,7 @@ class AblationConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"
+    lease_timeout_s: float = Field(60.0, ge=1)
     source: str | None = Field(None, exclude=True)
 
 
@@ -143,6 +144,7 @@ def engine_config(config: AblationConfig, baseline: dict[str, Any], arms: list[A
         resources=config.resources,
         storage=config.storage,
         output_dir=config.output_dir,
+        lease_timeout_s=config.lease_timeout_s,
         source=config.source,
     )
 

@@ -26,7 +26,7 @@ from search.config import STUDY_OWNED_FIELDS, ConfigError, check_gpu_share
 from search.errors import UserError
 from search.faults import Fault
 from search.pretrained import STUDY_PREFIX
-from search.resume import RETRYABLE_REASONS
+from search.resume import RETRYABLE_REASONS, IncompatibleStudyError
 from search.studies import load_study_readonly
 from spaces.language import format_validation_error
 
@@ -48,6 +48,15 @@ def validate_ablation(config: AblationConfig) -> None:
             raise ConfigError(
                 f"factors.{name}", f"give a non-empty list of values, got {values!r}", config.source
             )
+        else:
+            for index, value in enumerate(values):
+                if value in values[:index]:
+                    raise ConfigError(
+                        f"factors.{name}[{index}]",
+                        f"repeats {value!r}: each value once (a repeated value would run the "
+                        "same arm twice)",
+                        config.source,
+                    )
     if config.sequential and config.sequential.max_seeds < config.seeds:
         raise ConfigError("sequential.max_seeds", "must be >= seeds", config.source)
     known = set(TrialSettings.model_fields) - set(STUDY_OWNED_FIELDS)
@@ -145,21 +154,43 @@ class AblationPlan:
         arm = arm_of(self.arms, params)
         return {"arm": arm.name if arm else "unplanned", "seed": params.get(SEED_PARAM)}
 
+    def record(self) -> dict[str, Any]:
+        """What the study keeps of the plan (the ``ablation`` user attribute)."""
+        return {
+            "design": self.config.design,
+            "baseline_arm": BASELINE,
+            "arms": [arm.name for arm in self.arms],
+            "baseline": self.baseline,
+            "factors": self.config.factors,
+            "epochs": self.config.epochs,
+        }
+
+    def check(self, study: optuna.Study) -> None:
+        """Refuse to continue a study whose plan was different (design, factors, baseline):
+        the new arms would never reach its table."""
+        stored = study.user_attrs.get("ablation")
+        if not stored:
+            return
+        current = self.record()
+        lines = [
+            f"{key}: {stored.get(key)!r} -> {current[key]!r}"
+            for key in ("design", "factors", "baseline", "epochs", "arms")
+            if stored.get(key) != current[key]
+        ]
+        if lines:
+            shown = "\n  ".join(lines)
+            raise IncompatibleStudyError(
+                f"ablation {study.study_name!r} already exists with another plan:\n  {shown}\n"
+                "Run it with its original file, or start a new ablation study from this file: "
+                "resnet-hpo run FILE.yaml --fork NEW_NAME (cells of the same arms and seeds "
+                "are carried over)"
+            )
+
     def enqueue_missing(self, study: optuna.Study) -> int:
         """Queue every planned cell that no trial of the study covers yet (so no arm x seed
         runs twice, across crashes and reruns); returns how many were queued."""
         if "ablation" not in study.user_attrs:
-            study.set_user_attr(
-                "ablation",
-                {
-                    "design": self.config.design,
-                    "baseline_arm": BASELINE,
-                    "arms": [arm.name for arm in self.arms],
-                    "baseline": self.baseline,
-                    "factors": self.config.factors,
-                    "epochs": self.config.epochs,
-                },
-            )
+            study.set_user_attr("ablation", self.record())
         covered: set[tuple[str, int]] = set()
         for trial in study.get_trials(deepcopy=False):
             lost = trial.state == TrialState.FAIL and (
@@ -212,25 +243,54 @@ def ablation_runs(study: optuna.Study) -> list[ArmRun]:
     ]
 
 
+def missing_reasons(study: optuna.Study) -> dict[str, str]:
+    """Why each arm lacks finished cells: its trials by state and failure reasons."""
+    states: dict[str, dict[str, int]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        arm = trial.user_attrs.get("arm")
+        if arm is None or trial.state == TrialState.COMPLETE:
+            continue
+        label = trial.state.name
+        if trial.state == TrialState.FAIL:
+            label = f"FAIL {trial.user_attrs.get('stop_reason', 'unknown')}"
+        counts = states.setdefault(arm, {})
+        counts[label] = counts.get(label, 0) + 1
+    return {
+        arm: "no finished cell: " + ", ".join(f"{n} {label}" for label, n in sorted(c.items()))
+        for arm, c in states.items()
+    }
+
+
 def analyse(study: optuna.Study) -> list[ArmSummary]:
     info = study.user_attrs.get("ablation")
     if not info:
         raise UserError(f"study {study.study_name!r} is not an ablation study (kind: ablation)")
-    return summarise(ablation_runs(study), info["baseline_arm"], info["arms"])
+    return summarise(
+        ablation_runs(study), info["baseline_arm"], info["arms"], missing_reasons(study)
+    )
 
 
 @dataclass(frozen=True)
 class AblationResult:
     rows: list[ArmSummary]
     gave_up: bool  # the run stopped after max_failed_trials failures; cells are missing
+    name: str = ""  # the study that holds it (the fork's name after --fork)
+    interrupted: str | None = None  # the signal that ended the run early
+
+    @property
+    def missing_arms(self) -> list[str]:
+        return [row.arm for row in self.rows if row.n == 0]
 
 
 def run_ablation(
     config: AblationConfig,
     stream: TextIO | None = None,
     faults: dict[int, Fault] | None = None,
+    fork: str | None = None,
 ) -> AblationResult:
-    """Run every arm x seed (resuming what the study holds), then sequential seeds if asked."""
+    """Run every arm x seed (resuming what the study holds), then sequential seeds if asked.
+    ``fork`` starts a new ablation study of that name from this file, carrying over the
+    finished cells of the existing one whose arm and seed the new plan has."""
     from search.runner import run_study
 
     stream = stream or sys.stdout
@@ -242,14 +302,18 @@ def run_ablation(
         f"ablation {config.name!r}: {len(arms)} arms ({config.design}) x {config.seeds} seeds, "
         f"{config.epochs} epochs each\n"
     )
+    name = fork or config.name
     while True:
-        summary = run_study(engine, stream=stream, faults=faults, plan=plan)
-        study = load_study_readonly(config.name, config.storage)
+        summary = run_study(engine, stream=stream, faults=faults, plan=plan, fork=fork)
+        if fork:
+            engine = engine.model_copy(update={"name": fork})
+            fork = None  # later rounds continue the fork
+        study = load_study_readonly(name, config.storage)
         rows = analyse(study)
-        if config.sequential is None or summary.gave_up:
-            return AblationResult(rows, summary.gave_up)
+        if config.sequential is None or summary.gave_up or summary.interrupted:
+            return AblationResult(rows, summary.gave_up, name, summary.interrupted)
         unsettled = [r.arm for r in rows if r.arm != BASELINE and not r.settled]
         extended = [arm for arm in unsettled if plan.add_seed(arm)]
         if not extended:
-            return AblationResult(rows, gave_up=False)
+            return AblationResult(rows, gave_up=False, name=name)
         stream.write(f"sequential seeds: one more seed for {extended} (and the baseline)\n")

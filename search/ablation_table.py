@@ -54,7 +54,7 @@ def table_cells(row: ArmSummary) -> list[str]:
         text_low, text_high = _number(low), _number(high)
         return f"[{text_low}, {text_high}]" if text_low and text_high else ""
 
-    settled = "" if row.delta is None else ("yes" if row.settled else "no")
+    settled = "" if row.test is None else ("yes" if row.settled else "no")
     return [
         row.arm,
         str(row.n),
@@ -69,12 +69,13 @@ def table_cells(row: ArmSummary) -> list[str]:
         row.test or "",
         settled,
         f"{row.seconds:.0f}",
+        row.note or "",
     ]
 
 
 HEADER = (
     "arm", "n", "mean", "std", "95% CI", "delta", "delta 95% CI", "p", "p (Holm)",
-    "effect size", "test", "CI excludes 0", "seconds",
+    "effect size", "test", "CI excludes 0", "seconds", "note",
 )  # fmt: skip
 
 

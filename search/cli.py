@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from search.errors import UserError
 from spaces import SpaceError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -25,9 +27,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_ablation(config, args)
     summary = run_study(config, more=args.more, fork=args.fork)
     counts = ", ".join(f"{state} {n}" for state, n in summary.counts.items())
+    progress = summary.progress
     print(
         f"\nstudy {summary.study_name!r}: {counts} (this run: {summary.trials_this_run} trials "
-        f"in {summary.wall_seconds:.1f} s)"
+        f"ended, {progress.finished} finished and {progress.failed} failed, in "
+        f"{summary.wall_seconds:.1f} s)"
     )
     if summary.best_value is not None:
         metric = config.objective.metric
@@ -36,13 +40,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  {name}: {value}")
     print(f"storage:     {summary.storage}")
     print(f"checkpoints: {summary.checkpoint_root}")
-    if summary.gave_up:
+    for problem in summary.unrecorded[:5]:
+        print(f"not recorded: {problem}", file=sys.stderr)
+    if summary.interrupted:
         print(
-            f"stopped early: {summary.progress.failed} trials failed in this run (the limit is "
-            "max_failed_trials); their stop_reason and error attributes say why",
+            f"interrupted ({summary.interrupted}): the trials in flight were stopped and "
+            "recorded FAIL interrupted; run the same command again to rerun them first, from "
+            "their checkpoints",
             file=sys.stderr,
         )
+        return 128 + signal.Signals[summary.interrupted].value
+    if summary.gave_up:
+        reason = summary.halt_reason.removeprefix("failures: ")
+        hint = "the trials' stop_reason and error attributes say why"
+        if "ENOSPC" in reason:
+            hint = f"the disk is full: free space under {config.output_dir} or use another one"
+        print(f"stopped early: {reason}; {hint}. Fix the cause and run again", file=sys.stderr)
         return 1
+    if summary.halt_reason and summary.halt_reason.startswith("grid_exhausted"):
+        print(f"stopped: {summary.halt_reason.removeprefix('grid_exhausted: ')}, fewer than "
+              f"n_trials ({config.n_trials}); the grid is fully searched")  # fmt: skip
     print(
         f"report:      resnet-hpo report --study {summary.study_name} "
         f"--storage '{summary.storage}' -o runs/{summary.study_name}.html"
@@ -54,16 +71,27 @@ def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
     from search.ablation_run import run_ablation
     from search.ablation_table import to_markdown
 
-    if args.more is not None or args.fork is not None:
-        raise UserError("--more and --fork are for search studies; an ablation runs its plan")
-    result = run_ablation(config)
+    if args.more is not None:
+        raise UserError("--more is for search studies; an ablation runs its plan of arms x seeds")
+    result = run_ablation(config, fork=args.fork)
     print()
     print(to_markdown(result.rows))
     print(f"storage: {config.storage}")
     print(
-        f"table:   resnet-hpo ablation-table --study {config.name} --storage '{config.storage}' "
+        f"table:   resnet-hpo ablation-table --study {result.name} --storage '{config.storage}' "
         "--format md|csv|latex"
     )
+    if result.interrupted:
+        print(f"interrupted ({result.interrupted}): run the same command again to finish the "
+              "missing cells", file=sys.stderr)  # fmt: skip
+        return 128 + signal.Signals[result.interrupted].value
+    if len(result.missing_arms) == len(result.rows):
+        print("no arm has a finished cell: every trial failed; see the note column and the "
+              "trials' stop_reason and error", file=sys.stderr)  # fmt: skip
+        return 1
+    if result.missing_arms:
+        print(f"arms without a finished cell: {', '.join(result.missing_arms)} (see the note "
+              "column)", file=sys.stderr)  # fmt: skip
     if result.gave_up:
         print("stopped early: too many failed trials (max_failed_trials); cells are missing, "
               "see the trials' stop_reason and error", file=sys.stderr)  # fmt: skip
@@ -74,9 +102,11 @@ def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
 def _cmd_ablation_table(args: argparse.Namespace) -> int:
     from search.ablation_run import analyse
     from search.ablation_table import FORMATS
+    from search.storage import reading
     from search.studies import load_study_readonly
 
-    rows = analyse(load_study_readonly(args.study, args.storage))
+    with reading(args.storage):
+        rows = analyse(load_study_readonly(args.study, args.storage))
     sys.stdout.write(FORMATS[args.format](rows))
     return 0
 
@@ -93,11 +123,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import optuna
 
     from search.report import write_report
+    from search.storage import reading
     from search.studies import load_study_readonly
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_study_readonly(args.study, args.storage)
-    path = write_report(study, args.output, importance=args.importance)
+    with reading(args.storage):
+        study = load_study_readonly(args.study, args.storage)
+        path = write_report(study, args.output, importance=args.importance)
     print(f"report written to {path.resolve()}")
     return 0
 
@@ -108,6 +140,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from model.bench import main as bench_main
 
     return bench_main(args.bench_args, prog="resnet-hpo bench")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} trials: give 1 or more")
+    return value
+
+
+def _study_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the new study needs a name")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,15 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study-name", help="overrides the study file's name")
     run.add_argument(
         "--more",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="run until N more trials have finished, whatever n_trials says",
     )
     run.add_argument(
         "--fork",
+        type=_study_name,
         metavar="NEW_NAME",
-        help="start study NEW_NAME from this study file, reusing the finished trials of the "
-        "existing study that fit its space",
+        help="start study NEW_NAME from this study file; the finished trials of the existing "
+        "study that fit its space are copied when only the space changed",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -173,9 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UserError, SpaceError, DataError) as error:
+    except UserError as error:
+        print(f"resnet-hpo: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except (SpaceError, DataError) as error:
         print(f"resnet-hpo: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("resnet-hpo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -44,6 +44,16 @@ class ObjectiveConfig(_Strict):
     metric: Literal["val_acc", "val_loss", "train_acc", "train_loss"] = "val_acc"
     direction: Literal["maximize", "minimize"] | None = None
 
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> ObjectiveConfig:
+        natural = "maximize" if self.metric.endswith("acc") else "minimize"
+        if self.direction is not None and self.direction != natural:
+            raise ValueError(
+                f"direction {self.direction} does not fit metric {self.metric}: accuracies "
+                "are maximized and losses minimized; leave direction out"
+            )
+        return self
+
     @property
     def resolved_direction(self) -> str:
         if self.direction is not None:
@@ -96,6 +106,8 @@ class StudyConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"
+    # A driver silent for this long loses its lease to the next driver of the study.
+    lease_timeout_s: float = Field(60.0, ge=1)
     # Where the study file lives; relative space paths are looked up there first.
     source: str | None = Field(None, exclude=True)
 
@@ -122,6 +134,14 @@ class StudyConfig(_Strict):
 def _check_against_trial_config(config: StudyConfig, space: Space) -> None:
     """Every searched or fixed name must be a trial setting and every value must be valid."""
     known = set(TrialConfig.model_fields) - set(STUDY_OWNED_FIELDS)
+    for name in config.fixed:
+        if name in space.params:
+            raise ConfigError(
+                f"fixed.{name}",
+                f"is also searched (space.{name}); a fixed value would be silently ignored. "
+                "Remove it from one of the two",
+                config.source,
+            )
     for section, names in (("space", space.params), ("fixed", config.fixed)):
         for name in names:
             if name in STUDY_OWNED_FIELDS:

@@ -26,3 +26,10 @@ class StorageError(UserError):
 
 class StudyNotFoundError(UserError):
     """A study name that is not in the storage."""
+
+
+class RunAbortedError(UserError):
+    """The run could not go on (the study database became unreachable, a disk filled up):
+    trials in flight are settled where possible, the rest by the next run."""
+
+    exit_code = 1

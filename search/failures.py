@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import traceback
 
 import torch
@@ -26,7 +27,9 @@ def root_cause(error: BaseException) -> BaseException:
 
 
 def failure_reason(error: BaseException | None) -> str:
-    """``nan@epoch N``, ``oom``, ``worker_died`` or ``exception:TypeName``."""
+    """``nan@epoch N``, ``oom``, ``worker_died``, ``exception:TypeName``, or for an OS error
+    with an errno ``exception:TypeName[ERRNO]`` (``exception:OSError[ENOSPC]``: a full disk),
+    so that failures of one cause share one reason."""
     if error is None:
         return "exception:unknown"
     cause = root_cause(error)
@@ -36,6 +39,8 @@ def failure_reason(error: BaseException | None) -> str:
         return "oom"
     if isinstance(error, RayActorError) or isinstance(cause, RayActorError):
         return "worker_died"
+    if isinstance(cause, OSError) and cause.errno in errno.errorcode:
+        return f"exception:{type(cause).__name__}[{errno.errorcode[cause.errno]}]"
     return f"exception:{type(cause).__name__}"
 
 

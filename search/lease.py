@@ -5,6 +5,12 @@ says who holds it (owner id, host, pid) and when it last proved it is alive (hea
 renewed by a background thread). A lease is stale, and the next driver takes it over, when
 its heartbeat is older than ``timeout_s``, or at once when its holder ran on this host and
 that process is gone, so re-running right after a crash just works.
+
+A holder trusts its lease without asking the database only for half the timeout after its
+last successful renewal; past that (it was paused, or its heartbeat thread was starved), the
+next write first renews the lease, and a renewal that finds another owner means the lease
+is lost: the driver writes nothing more. A driver paused between that check and a write
+could still write once; the check narrows that window to one database write.
 """
 
 from __future__ import annotations
@@ -25,11 +31,18 @@ from search.schema import leases
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
-HEARTBEAT_EVERY_S = 10.0
+# Beats per timeout: one missed or slow beat never lets the lease go stale.
+BEATS_PER_TIMEOUT = 6
 
 
 class LeaseHeldError(UserError):
     """Another live driver runs this study."""
+
+
+class LeaseLostError(UserError):
+    """Another driver took this driver's lease while it was paused or cut off."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -75,17 +88,19 @@ class DriverLease:
         engine: sa.Engine,
         study_name: str,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        heartbeat_every_s: float = HEARTBEAT_EVERY_S,
+        heartbeat_every_s: float | None = None,
     ) -> None:
         self.engine = engine
         self.study_name = study_name
         self.timeout_s = timeout_s
-        self.heartbeat_every_s = heartbeat_every_s
+        self.heartbeat_every_s = heartbeat_every_s or timeout_s / BEATS_PER_TIMEOUT
         self.owner = uuid.uuid4().hex
         self.took_over: LeaseHolder | None = None
         self._stop = threading.Event()
         self.lost = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renew_lock = threading.Lock()
+        self._confirmed_at = 0.0  # time.monotonic() of the last proof that we hold it
 
     def acquire(self) -> DriverLease:
         now = time.time()
@@ -126,40 +141,78 @@ class DriverLease:
                         f"study {self.study_name!r} was just taken by another driver; wait for "
                         "it to finish"
                     ) from None
+        self._confirmed_at = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
         return self
 
+    def _renew(self) -> bool:
+        """Renew the heartbeat; False (and :attr:`lost` set) if another driver holds it."""
+        with self._renew_lock:
+            if self.lost.is_set():
+                return False
+            asked_at = time.monotonic()
+            with self.engine.begin() as connection:
+                renewed = connection.execute(
+                    sa.update(leases)
+                    .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
+                    .values(heartbeat=time.time())
+                ).rowcount
+            if renewed == 0:
+                self.lost.set()
+                logger.info("lost the lease of %s to another driver", self.study_name)
+                return False
+            self._confirmed_at = asked_at
+            return True
+
+    def still_held(self) -> bool:
+        """Whether this driver may still write: trusted for half the timeout after the last
+        renewal, renewed (one database round trip) past that."""
+        if self.lost.is_set():
+            return False
+        if time.monotonic() - self._confirmed_at < self.timeout_s / 2:
+            return True
+        return self._renew()
+
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_every_s):
             try:
-                with self.engine.begin() as connection:
-                    renewed = connection.execute(
-                        sa.update(leases)
-                        .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
-                        .values(heartbeat=time.time())
-                    ).rowcount
-                if renewed == 0:
-                    # Another driver took the lease (we were paused past the timeout): stop
-                    # proposing trials; what runs now finishes, the other driver owns the rest.
-                    self.lost.set()
-                    logger.error("lost the lease of %s to another driver", self.study_name)
-                    return
+                if not self._renew():
+                    return  # another driver took the lease (we were paused past the timeout)
             except sa.exc.SQLAlchemyError as error:
                 # A busy or briefly unreachable database must not end the heartbeat: the next
                 # beat retries, and the lease only goes stale after timeout_s of failures.
                 logger.warning("lease heartbeat for %s failed: %s", self.study_name, error)
 
+    def current_holder(self) -> LeaseHolder | None:
+        """Who holds this study's lease now, as the database says (None if nobody)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(leases).where(leases.c.study_name == self.study_name)
+            ).first()
+        if row is None:
+            return None
+        return LeaseHolder(row.owner, row.host, row.pid, row.process_start, row.heartbeat)
+
     def release(self) -> None:
+        """Stop the heartbeat and delete our row (never another driver's). A database that
+        cannot be reached leaves the row, which goes stale after the timeout; that is logged,
+        never raised, so it cannot hide the error that ended the run."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.delete(leases).where(
-                    leases.c.study_name == self.study_name, leases.c.owner == self.owner
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    sa.delete(leases).where(
+                        leases.c.study_name == self.study_name, leases.c.owner == self.owner
+                    )
                 )
-            )
+        except sa.exc.SQLAlchemyError as error:
+            logger.warning(
+                "could not release the lease of %s (%s); it expires %.0f s after its last "
+                "heartbeat", self.study_name, str(error).splitlines()[0], self.timeout_s,
+            )  # fmt: skip
 
     def __enter__(self) -> DriverLease:
         return self.acquire()

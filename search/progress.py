@@ -6,7 +6,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-import cloudpickle
 from ray.tune import Callback
 
 from search.searcher import SearchProgress, StudySearcher
@@ -20,7 +19,8 @@ def _clock(seconds: float) -> str:
 def format_progress(
     progress: SearchProgress, total: int, elapsed: float, direction_word: str = "best"
 ) -> str:
-    """One status line: trials by state, best so far, epochs done, elapsed / ETA."""
+    """One status line: finished (COMPLETE + PRUNED, what the budget counts) out of the
+    run's target, running and failed apart, best so far, epochs done, elapsed / ETA."""
     finished = progress.finished
     eta = _clock(elapsed / finished * max(0, total - finished)) if finished else "?"
     best = (
@@ -109,20 +109,31 @@ class FailureRecorder(Callback):
         self.searcher.record_failure(trial.trial_id, _trial_exception(trial))
 
 
+class UnreadableTrialError(RuntimeError):
+    """Ray recorded a trial error that could not be read back; the message says why."""
+
+
 def _trial_exception(trial: Any) -> BaseException | None:
-    """The exception Ray pickled next to the trial, or its text trace if it was not picklable."""
-    pickled = getattr(trial, "pickled_error_file", None)
-    if pickled:
-        try:
-            with open(pickled, "rb") as handle:
-                return cloudpickle.load(handle)
-        except Exception:  # noqa: BLE001 - fall back to the text trace below
-            pass
-    text_file = getattr(trial, "error_file", None)
-    if text_file:
-        try:
-            with open(text_file) as handle:
-                return RuntimeError(handle.read()[-4000:])
-        except OSError:
-            pass
-    return None
+    """The exception Ray recorded for the trial, through Ray's own API. A worker death is
+    a ``RayActorError``, recognised by type; an error that cannot be read back becomes an
+    :class:`UnreadableTrialError` carrying Ray's text trace and why it was unreadable."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception as unreadable:  # noqa: BLE001 - recorded below, with the text trace
+        text = _text_trace(trial)
+        return UnreadableTrialError(
+            f"Ray's record of this trial's error could not be read ({unreadable!r}); "
+            f"its text trace: {text or 'none'}"
+        )
+    if isinstance(error, BaseException):
+        return error
+    text = _text_trace(trial)
+    return UnreadableTrialError(f"Ray recorded no exception object; its text trace: {text}")
+
+
+def _text_trace(trial: Any) -> str:
+    try:
+        text = trial.get_error()
+    except Exception as error:  # noqa: BLE001 - what we can say instead
+        return f"(unreadable: {error!r})"
+    return str(text or "")[-4000:]

@@ -236,13 +236,20 @@ def arm_curve_figure(curves: list[ArmCurve], metric: str) -> go.Figure:
     return figure
 
 
+def _finite_or_zero(high: float | None, low: float | None) -> float:
+    if high is None or low is None or math.isnan(high) or math.isnan(low):
+        return 0.0
+    return high - low
+
+
 def forest_figure(rows: list[Any], metric: str) -> go.Figure:
     """Each arm's difference to the baseline with its 95% CI; the baseline sits at zero."""
     compared = [r for r in rows if r.delta is not None]
     labels = [r.arm for r in compared]
     deltas = [r.delta for r in compared]
-    plus = [(r.delta_ci_high - r.delta) if r.delta_ci_high is not None else 0 for r in compared]
-    minus = [(r.delta - r.delta_ci_low) if r.delta_ci_low is not None else 0 for r in compared]
+    # No bar where there is no interval (too few seeds, no spread): never a zero-width CI.
+    plus = [_finite_or_zero(r.delta_ci_high, r.delta) for r in compared]
+    minus = [_finite_or_zero(r.delta, r.delta_ci_low) for r in compared]
     figure = go.Figure(
         go.Scatter(
             x=deltas,

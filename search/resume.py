@@ -9,6 +9,7 @@ into FAIL (``driver_lost``) and queues their parameters again, first in line, wi
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,40 @@ def _fits(space: Space, params: dict[str, Any]) -> bool:
     return space.required_names(params) <= set(params)
 
 
-def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> int:
-    """Copy the finished trials of ``source`` whose parameters fit ``space`` into ``target``."""
+# What a fork may change and still copy values: only the space (the old trials that fit the
+# new space are then results of the same experiment).
+VALUE_PRESERVING_FIELDS = ("space",)
+
+
+@dataclass(frozen=True)
+class ForkResult:
+    source: str
+    target: str
+    copied: int
+    incomparable: list[str]  # set-up differences that made the old values incomparable
+
+    def message(self) -> str:
+        if self.incomparable:
+            shown = "; ".join(self.incomparable[:4])
+            return (
+                f"forked {self.source!r} into {self.target!r} without its trials: the set-up "
+                f"changed beyond the space ({shown}), so their values are not comparable"
+            )
+        return f"forked {self.copied} finished trials of {self.source!r} into {self.target!r}"
+
+
+def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> ForkResult:
+    """Copy the finished trials of ``source`` whose parameters fit ``space`` into ``target``,
+    values and all, when only the space changed between them; copy nothing otherwise."""
+    stored = source.user_attrs.get("study_file") or {}
+    current = target.user_attrs.get("study_file") or {}
+    incomparable = [
+        line
+        for line in differences(stored, current)
+        if not line.startswith(VALUE_PRESERVING_FIELDS)
+    ]
+    if incomparable:
+        return ForkResult(source.study_name, target.study_name, 0, incomparable)
     distributions = space.distributions()
     copied = 0
     for trial in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -160,4 +193,4 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> int
             )
         )
         copied += 1
-    return copied
+    return ForkResult(source.study_name, target.study_name, copied, [])

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
+from ray.tune.stopper import Stopper
 
 from model import DataSplits, load_dataset
 from search.config import SamplerConfig, StudyConfig
-from search.errors import StudyNotFoundError, UserError
+from search.errors import RunAbortedError, StudyNotFoundError, UserError
 from search.faults import Fault
-from search.lease import DriverLease
+from search.interrupts import InterruptWatch
+from search.lease import DriverLease, LeaseLostError
+from search.preflight import check_output_dir, check_pretrained_files, check_resources
 from search.pretrained import resolve_references, study_references
 from search.progress import FailureRecorder, ProgressView
 from search.provenance import git_sha, host, package_version
 from search.resume import check_compatible, fork_trials, recover_lost_trials
 from search.searcher import SearchProgress, StudySearcher
-from search.storage import open_storage
+from search.storage import check_storage, close_storage, open_storage
 from search.studies import count_states
 from spaces import Space
 
@@ -32,12 +39,23 @@ from spaces import Space
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune's experiment folder is not our record (the study database is), so its failure to save
+# a snapshot (a full disk) must not print a traceback; the failing trials say what happened.
+logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+# Ctrl-C and SIGTERM are the driver's own (search.interrupts): trials are settled, exit != 0.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# A failing trial's last result carries its failure instead of the metric (search.trainable).
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# What a lost or failing database raises, directly or wrapped by Optuna.
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 class QueuePlan(Protocol):
     """Decides the trials of a run by queueing them (ablations)."""
+
+    def check(self, study: optuna.Study) -> None: ...
 
     def enqueue_missing(self, study: optuna.Study) -> int: ...
 
@@ -56,7 +74,16 @@ class RunSummary:
     best_params: dict[str, Any]
     counts: dict[str, int]
     checkpoint_root: Path
-    gave_up: bool = False
+    # Why the run stopped proposing before its budget ("grid_exhausted: ...", "failures: ...",
+    # "interrupted: SIGINT"), or None.
+    halt_reason: str | None = None
+    interrupted: str | None = None  # the signal's name when Ctrl-C / SIGTERM ended the run
+    unrecorded: list[str] = field(default_factory=list)  # study writes that failed
+
+    @property
+    def gave_up(self) -> bool:
+        """Stopped because trials kept failing (max_failed_trials, or the same cause)."""
+        return self.halt_reason is not None and self.halt_reason.startswith("failures")
 
 
 def build_sampler(config: SamplerConfig, space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -157,152 +184,258 @@ def run_study(
     a new study of that name with the finished trials of this one that fit its space.
     ``faults`` (tests and drills only) makes the trials with those numbers fail on purpose.
     ``plan`` (ablations) queues the trials to run; then only queued trials run.
+
+    Everything that can be checked before the first database write is (the data, output_dir,
+    pretrained files, resources against the Ray cluster, the storage's schema). Raises
+    :class:`LeaseLostError` if another driver took the study over while this one was paused
+    (having written nothing since), :class:`RunAbortedError` if the database became
+    unreachable mid-run.
     """
     stream = stream or sys.stdout
     started = time.monotonic()
     space = config.resolve_space()
+    output_dir = check_output_dir(config.output_dir, config.source)
     data = load_data(config)  # fails before any database write if the data is missing
+    check_pretrained_files(config.fixed, space, config.source)
     pretrained = resolve_references(config.storage, study_references(config.fixed, space))
-    storage = open_storage(config.storage)
-    source_name = config.name
-    if fork:
-        _fork_target(config, storage, fork)
-        config = config.model_copy(update={"name": fork})
-    lease = DriverLease(storage.engine, config.name).acquire()
+    check_storage(config.storage)
+    started_ray = _init_ray()
     try:
-        if lease.took_over is not None:
-            holder = lease.took_over
-            stream.write(
-                f"took over the lease of a stopped driver (pid {holder.pid} on {holder.host})\n"
-            )
-        study = prepare_study(config, space, storage)
-        if fork:
-            source = optuna.load_study(study_name=source_name, storage=storage)
-            copied = fork_trials(source, study, space)
-            stream.write(f"forked {copied} finished trials of {source_name!r} into {fork!r}\n")
-        retried = recover_lost_trials(study)
-        if retried:
-            stream.write(
-                f"trials {retried} were interrupted; they run again first, from their "
-                "last checkpoints\n"
-            )
-        if plan is not None:
-            queued = plan.enqueue_missing(study)
-            stream.write(f"{queued} arm x seed trials queued\n")
-        summary = _run(config, space, data, study, pretrained, stream, faults, more, started, plan)
-    finally:
-        lease.release()
-    return summary
-
-
-def _run(
-    config: StudyConfig,
-    space: Space,
-    data: DataSplits,
-    study: optuna.Study,
-    pretrained: dict[str, str],
-    stream: TextIO,
-    faults: dict[int, Fault] | None,
-    more: int | None,
-    started: float,
-    plan: QueuePlan | None = None,
-    lease: DriverLease | None = None,
-) -> RunSummary:
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from search.scheduler import RecordingASHA
-
-    finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-    target = finished_before + more if more is not None else config.n_trials
-    to_run = max(0, target - finished_before)
-    if plan is not None:  # the queue decides: every queued trial, nothing else
-        to_run = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        target = finished_before + to_run
-    output_dir = Path(config.output_dir).expanduser().resolve()
-    # The study's uid keeps two studies of one name (in two databases) out of each other's
-    # checkpoint folders.
-    uid = study.user_attrs.get("uid")
-    checkpoint_root = (
-        output_dir / "checkpoints" / (f"{config.name}-{uid[:8]}" if uid else config.name)
-    )
-    metric = config.objective.metric
-    mode = "max" if config.objective.resolved_direction == "maximize" else "min"
-
-    asha_stopped: set[str] = set()
-    searcher = StudySearcher(
-        study,
-        space,
-        config.trial_defaults(),
-        metric=metric,
-        mode=mode,
-        max_epochs=config.asha.max_epochs,
-        checkpoint_root=checkpoint_root,
-        asha_stopped=asha_stopped,
-        target_finished=target,
-        finished_before=finished_before,
-        max_failed_trials=config.max_failed_trials or max(10, config.n_trials),
-        max_worker_failures=config.max_failures,
-        cpu_threads=max(1, int(config.resources.cpu)),
-        pretrained_paths=pretrained,
-        faults=faults,
-        queued_only=plan is not None,
-        describe=plan.describe if plan is not None else None,
-        lease_lost=lease.lost.is_set if lease is not None else None,
-    )
-    if config.asha.enabled:
-        scheduler = RecordingASHA(
-            stopped_early=asha_stopped,
-            time_attr="epoch",
-            max_t=config.asha.max_epochs,
-            grace_period=config.asha.grace_period,
-            reduction_factor=config.asha.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
-    stream.write(
-        f"study {config.name!r} in {config.storage}: {finished_before} finished trials, "
-        f"running {to_run} more ({config.max_concurrent} at a time, "
-        f"{config.resources.cpu:g} CPU / {config.resources.gpu:g} GPU each)\n"
-    )
-    stream.flush()
-    progress = ProgressView(searcher, total=to_run, stream=stream)
-    if to_run:
-        started_ray = _init_ray()
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable(), data=data),
-            {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=-1,  # the searcher ends the run when the budget is reached
-                max_concurrent_trials=config.max_concurrent,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(output_dir / "ray"),
-                verbose=0,
-                callbacks=[FailureRecorder(searcher), progress],
-                # Retries are the searcher's: worker deaths only, as the same Optuna trial.
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            ),
-        )
+        check_resources(config.resources, config.source)
+        storage = open_storage(config.storage)
         try:
-            tuner.fit()
+            run = _Run(config, space, data, pretrained, output_dir, stream, faults, started)
+            return run.execute(storage, more=more, fork=fork, plan=plan)
         finally:
-            searcher.close()
-            progress.finish()
-            if started_ray:
-                import ray
+            close_storage(storage)  # the driver's connections close now, not at collection
+    finally:
+        if started_ray:
+            import ray
 
-                ray.shutdown()
-    return _summarise(config, study, searcher, to_run, time.monotonic() - started, checkpoint_root)
+            ray.shutdown()
+
+
+@dataclass
+class _Run:
+    """One driver run of a study: what every step of it needs, passed once."""
+
+    config: StudyConfig
+    space: Space
+    data: DataSplits
+    pretrained: dict[str, str]
+    output_dir: Path
+    stream: TextIO
+    faults: dict[int, Fault] | None
+    started: float
+
+    def execute(
+        self,
+        storage: optuna.storages.RDBStorage,
+        more: int | None,
+        fork: str | None,
+        plan: QueuePlan | None,
+    ) -> RunSummary:
+        config = self.config
+        source_name = config.name
+        if fork:
+            _fork_target(config, storage, fork)
+            config = self.config = config.model_copy(update={"name": fork})
+        lease = DriverLease(storage.engine, config.name, timeout_s=config.lease_timeout_s)
+        lease.acquire()
+        try:
+            if lease.took_over is not None:
+                holder = lease.took_over
+                self.stream.write(
+                    f"took over the lease of a stopped driver (pid {holder.pid} on {holder.host})\n"
+                )
+            study = prepare_study(config, self.space, storage)
+            if plan is not None:
+                plan.check(study)  # a changed ablation design is refused before any write
+            if fork:
+                source = optuna.load_study(study_name=source_name, storage=storage)
+                self.stream.write(fork_trials(source, study, self.space).message() + "\n")
+            retried = recover_lost_trials(study)
+            if retried:
+                self.stream.write(
+                    f"trials {retried} were interrupted; they run again first, from their "
+                    "last checkpoints\n"
+                )
+            if plan is not None:
+                queued = plan.enqueue_missing(study)
+                self.stream.write(f"{queued} arm x seed trials queued\n")
+            summary = self._search(study, more, plan, lease)
+        finally:
+            lease.release()
+        return summary
+
+    def _search(
+        self, study: optuna.Study, more: int | None, plan: QueuePlan | None, lease: DriverLease
+    ) -> RunSummary:
+        from ray import tune
+        from ray.tune.schedulers import FIFOScheduler
+
+        from search.scheduler import RecordingASHA
+
+        config = self.config
+        finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+        target = finished_before + more if more is not None else config.n_trials
+        to_run = max(0, target - finished_before)
+        if plan is not None:  # the queue decides: every queued trial, nothing else
+            to_run = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            target = finished_before + to_run
+        # The study's uid keeps two studies of one name (in two databases) out of each
+        # other's checkpoint folders.
+        uid = study.user_attrs.get("uid")
+        checkpoint_root = (
+            self.output_dir / "checkpoints" / (f"{config.name}-{uid[:8]}" if uid else config.name)
+        )
+        metric = config.objective.metric
+        mode = "max" if config.objective.resolved_direction == "maximize" else "min"
+
+        asha_stopped: set[str] = set()
+        searcher = StudySearcher(
+            study,
+            self.space,
+            config.trial_defaults(),
+            metric=metric,
+            mode=mode,
+            max_epochs=config.asha.max_epochs,
+            checkpoint_root=checkpoint_root,
+            asha_stopped=asha_stopped,
+            target_finished=target,
+            finished_before=finished_before,
+            max_failed_trials=config.max_failed_trials or max(10, config.n_trials),
+            max_worker_failures=config.max_failures,
+            cpu_threads=max(1, int(config.resources.cpu)),
+            pretrained_paths=self.pretrained,
+            faults=self.faults,
+            queued_only=plan is not None,
+            describe=plan.describe if plan is not None else None,
+            write_allowed=lease.still_held,
+            grid_size=_grid_size(self.space) if config.sampler.name == "grid" else None,
+        )
+        if config.asha.enabled:
+            scheduler = RecordingASHA(
+                stopped_early=asha_stopped,
+                time_attr="epoch",
+                max_t=config.asha.max_epochs,
+                grace_period=config.asha.grace_period,
+                reduction_factor=config.asha.reduction_factor,
+            )
+        else:
+            scheduler = FIFOScheduler()
+        grid = ""
+        if searcher.grid_size is not None:
+            grid = f"; the grid has {searcher.grid_size} points"
+        self.stream.write(
+            f"study {config.name!r} in {config.storage}: {finished_before} finished trials, "
+            f"running {to_run} more ({config.max_concurrent} at a time, "
+            f"{config.resources.cpu:g} CPU / {config.resources.gpu:g} GPU each{grid})\n"
+        )
+        self.stream.flush()
+        progress = ProgressView(searcher, total=to_run, stream=self.stream)
+        watch = InterruptWatch()
+        if to_run:
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable(), data=self.data),
+                {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=-1,  # the searcher ends the run when the budget is reached
+                    max_concurrent_trials=config.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    storage_path=str(self.output_dir / "ray"),
+                    verbose=0,
+                    stop=_StopAll(searcher, watch),
+                    callbacks=[FailureRecorder(searcher), progress],
+                    # Retries are the searcher's: worker deaths only, as the same Optuna trial.
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                ),
+            )
+            with watch:
+                try:
+                    tuner.fit()
+                except Exception as error:
+                    _raise_if_storage_lost(error, config.storage)
+                    raise
+                finally:
+                    if watch.signal_name:
+                        searcher.halt(f"interrupted: {watch.signal_name}")
+                    searcher.close()
+                    progress.finish()
+        if searcher.lease_lost:
+            holder = lease.current_holder()
+            who = f"pid {holder.pid} on {holder.host}" if holder else "another driver"
+            raise LeaseLostError(
+                f"study {config.name!r}: this driver lost its lease to {who} (it was paused or "
+                f"cut off for more than lease_timeout_s = {config.lease_timeout_s:g} s); it "
+                "stopped its trials and wrote nothing after that. The other driver carries on."
+            )
+        return _summarise(
+            config,
+            study,
+            searcher,
+            time.monotonic() - self.started,
+            checkpoint_root,
+            watch.signal_name,
+        )
+
+
+class _StopAll(Stopper):
+    """Ends every running trial at once when the run is interrupted or the lease is lost;
+    other halts (failures, a used-up grid) let running trials finish."""
+
+    def __init__(self, searcher: StudySearcher, watch: InterruptWatch) -> None:
+        self.searcher = searcher
+        self.watch = watch
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.watch.signal_number is not None or self.searcher.lease_lost
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and its causes: ``__cause__``/``__context__`` and Ray's ``cause``."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (current.__cause__, current.__context__, getattr(current, "cause", None)):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+
+
+def _raise_if_storage_lost(error: BaseException, storage: str) -> None:
+    """A database error anywhere in the chain ends the run with one line."""
+    for cause in _chain(error):
+        if isinstance(
+            cause, sqlalchemy.exc.SQLAlchemyError | optuna.exceptions.StorageInternalError
+        ):
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+            raise RunAbortedError(
+                f"lost the study database {storage}: {first}. Trials in flight may still read "
+                "RUNNING there; the next `resnet-hpo run` of this study settles them and runs "
+                "them again from their checkpoints."
+            ) from None
+
+
+def _grid_size(space: Space) -> int:
+    return math.prod(len(values) for values in space.grid().values())
 
 
 def _trainable() -> Any:
@@ -315,24 +448,27 @@ def _summarise(
     config: StudyConfig,
     study: optuna.Study,
     searcher: StudySearcher,
-    to_run: int,
     wall_seconds: float,
     checkpoint_root: Path,
+    interrupted: str | None,
 ) -> RunSummary:
     counts = count_states(study.get_trials(deepcopy=False))
     best = None
     if counts["COMPLETE"]:
         best = study.best_trial
+    progress = searcher.progress()
     return RunSummary(
         study_name=config.name,
         storage=config.storage,
-        trials_this_run=to_run,
-        progress=searcher.progress(),
+        trials_this_run=progress.settled,
+        progress=progress,
         wall_seconds=wall_seconds,
         best_value=best.value if best else None,
         best_number=best.number if best else None,
         best_params=dict(best.params) if best else {},
         counts={k: v for k, v in counts.items() if v},
         checkpoint_root=checkpoint_root,
-        gave_up=searcher.gave_up,
+        halt_reason=searcher.halt_reason,
+        interrupted=interrupted,
+        unrecorded=list(searcher.unrecorded),
     )

@@ -15,12 +15,22 @@ finished (COMPLETE + PRUNED) trials, so failures do not eat the budget; a trial 
 process died is run again as the same Optuna trial, from its checkpoint, up to
 ``max_worker_failures`` times; a trial queued as the retry of a lost one (``retry_of``)
 starts from the lost trial's checkpoint.
+
+Whatever a study write raises (a sampler's ``after_trial`` hook, a database error), the
+searcher's own books stay consistent: each trial is counted once, its Tune slot is released,
+and a trial whose result could not be stored is failed or left for the next run to recover.
+It writes nothing once ``write_allowed`` says the driver's lease was taken by another driver.
+It stops proposing, and says why in :attr:`halt_reason`, when the budget is reached, the grid
+is used up, too many trials failed, the same failure repeats, the lease is lost or the run
+was interrupted.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +49,15 @@ from spaces import Space
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FOLDER = "trial_{number:05d}"
+# Which driver process ran a trial (provenance; shows who wrote what after a lease takeover).
+DRIVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 WORKER_DIED = "worker_died"
+# Failures that depend on the configuration (too large a batch, too high a learning rate)
+# rather than on the machine; they never count as "the same cause again".
+CONFIG_DEPENDENT_REASONS = ("oom", "nan@")
+# This many trials in a row failing with the same reason stop the run (a full disk, a broken
+# install, a missing file: every further trial would fail the same way).
+SAME_FAILURE_LIMIT = 3
 
 
 @dataclass
@@ -71,7 +89,18 @@ class SearchProgress:
 
     @property
     def finished(self) -> int:
+        """COMPLETE + PRUNED: what the budget counts. Failures are counted apart."""
+        return self.complete + self.pruned
+
+    @property
+    def settled(self) -> int:
+        """Every trial this run has ended, failures included."""
         return self.complete + self.pruned + self.failed
+
+
+def _never_restored() -> bool:
+    """The lease check of a searcher Tune unpickled: such a copy must never write."""
+    return False
 
 
 class StudySearcher(Searcher):
@@ -95,7 +124,8 @@ class StudySearcher(Searcher):
         faults: dict[int, Fault] | None = None,
         queued_only: bool = False,
         describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        lease_lost: Callable[[], bool] | None = None,
+        write_allowed: Callable[[], bool] | None = None,
+        grid_size: int | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
@@ -113,7 +143,8 @@ class StudySearcher(Searcher):
         self.faults = dict(faults or {})
         self.queued_only = queued_only
         self.describe = describe
-        self.lease_lost = lease_lost or (lambda: False)
+        self.write_allowed = write_allowed or (lambda: True)
+        self.grid_size = grid_size
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._retry_queue: list[_LiveTrial] = []
@@ -123,36 +154,61 @@ class StudySearcher(Searcher):
         self._counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
         self._epochs_done = 0
         self._best: tuple[float, int] | None = None
-        self.gave_up = False
+        self._same_failures: tuple[str, int] = ("", 0)
+        self.halt_reason: str | None = None  # why proposing stopped before the budget
+        self.lease_lost = False
+        self.unrecorded: list[str] = []  # study writes that failed, for the summary
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its configuration (for Tuner.restore, which resuming never uses: the
+        # database is the record). The lease check holds a database engine and locks.
+        return {**self.__dict__, "write_allowed": _never_restored}
+
+    @property
+    def gave_up(self) -> bool:
+        """Stopped because trials kept failing (max_failed_trials or the same cause)."""
+        return self.halt_reason is not None and self.halt_reason.startswith("failures")
 
     # Ray Tune's Searcher interface -------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        pending = bool(self._live or self._awaiting_error)
+        if not self._may_write():
+            return None if pending else Searcher.FINISHED
         if self._retry_queue:
             return self._resume_same_trial(trial_id, self._retry_queue.pop(0))
         if self._done_proposing() or (self.queued_only and not self._has_queued()):
-            pending = self._live or self._awaiting_error
             return None if pending else Searcher.FINISHED
         if self._finished_total() + len(self._live) + len(self._awaiting_error) >= (
             self.target_finished
         ):
             return None  # enough trials under way; wait for them before proposing more
+        if self.grid_size is not None and self._grid_points_started() >= self.grid_size:
+            if not pending:
+                self.halt_reason = f"grid_exhausted: all {self.grid_size} grid points ran"
+                return Searcher.FINISHED
+            return None  # the last grid points are running; a new ask would repeat one
         return self._start_new_trial(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         live = self._live.get(trial_id)
-        if live is not None:
+        if live is not None and self._may_write():
             self._record_epoch(live, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         live = self._live.pop(trial_id, None)
-        if live is None:
-            return
+        if live is None or not self._may_write():
+            return  # after a lost lease the trial belongs to the new holder: write nothing
         if error:
-            # Ray calls this before the callbacks that carry the exception; wait for it.
+            # The trainable reports every exception as a "failure" result, so an error here
+            # means its process died; Ray calls this before the callback that has the error.
             self._awaiting_error[trial_id] = live
+            return
+        if result and result.get("failure"):
+            live.trial.set_user_attr("error", str(result.get("error", "")))
+            self._finish(live, TrialState.FAIL, str(result["failure"]))
             return
         if result:
             self._record_epoch(live, result)
@@ -167,9 +223,10 @@ class StudySearcher(Searcher):
     # Called by the driver ----------------------------------------------------------------
 
     def record_failure(self, trial_id: str, error: BaseException | None) -> None:
-        """A trial raised: retry it if its worker died (and retries are left), else FAIL."""
+        """A trial's process failed: retry it if its worker died (and retries are left),
+        else FAIL with the error's reason and traceback."""
         live = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
-        if live is None:
+        if live is None or not self._may_write():
             return
         reason = failure_reason(error)
         if reason == WORKER_DIED and live.worker_failures < self.max_worker_failures:
@@ -180,21 +237,27 @@ class StudySearcher(Searcher):
         live.trial.set_user_attr("error", error_text(error))
         self._finish(live, TrialState.FAIL, reason)
 
+    def halt(self, reason: str) -> None:
+        """Stop proposing trials (an interrupt, the driver's decision)."""
+        self.halt_reason = self.halt_reason or reason
+
     def close(self) -> None:
-        """Fail whatever is still open so that no trial stays RUNNING after the driver ends."""
+        """Fail whatever is still open so that no trial stays RUNNING after the driver ends.
+        Each write is tried on its own: one failing (the database is gone) does not skip
+        the others, and what could not be written is left RUNNING for the next run's
+        recovery. After a lost lease nothing is written."""
+        if not self._may_write():
+            return
         for trial_id in list(self._awaiting_error):
             self.record_failure(trial_id, None)
         for live in [*self._live.values(), *self._retry_queue]:
-            live.trial.set_user_attr("error", "the driver ended before this trial finished")
+            self._try(live.trial.set_user_attr, "error", "the driver ended before it finished")
             self._finish(live, TrialState.FAIL, "interrupted")
         self._live.clear()
         self._retry_queue.clear()
         for trial in list(self._open.values()):
-            try:
-                trial.set_user_attr("stop_reason", "interrupted")
-                self.study.tell(trial, state=TrialState.FAIL)
-            except Exception as error:  # noqa: BLE001 - the next run recovers it as driver_lost
-                logger.warning("could not close trial %d: %s", trial.number, error)
+            self._try(trial.set_user_attr, "stop_reason", "interrupted")
+            self._try(self.study.tell, trial, state=TrialState.FAIL)
             self._open.pop(trial.number, None)
 
     def progress(self) -> SearchProgress:
@@ -217,14 +280,33 @@ class StudySearcher(Searcher):
             + self._counts[TrialState.PRUNED]
         )
 
+    def _may_write(self) -> bool:
+        """False once the lease is lost (checked against the database when the last proof
+        of holding it is older than is safe); then this driver writes nothing more."""
+        if self.lease_lost:
+            return False
+        if not self.write_allowed():
+            self.lease_lost = True
+            self.halt_reason = "lease_lost"
+            logger.info("lost the lease of %s: writing nothing more", self.study.study_name)
+            return False
+        return True
+
     def _done_proposing(self) -> bool:
-        if self._finished_total() >= self.target_finished or self.lease_lost():
+        if self.halt_reason is not None:
             return True
-        too_many = self.max_failed_trials is not None and (
-            self._counts[TrialState.FAIL] >= self.max_failed_trials
-        )
-        self.gave_up = self.gave_up or too_many
-        return too_many
+        if self._finished_total() >= self.target_finished:
+            return True
+        failed = self._counts[TrialState.FAIL]
+        if self.max_failed_trials is not None and failed >= self.max_failed_trials:
+            self.halt_reason = f"failures: {failed} trials failed in this run (max_failed_trials)"
+            return True
+        return False
+
+    def _grid_points_started(self) -> int:
+        """Distinct grid points of trials asked so far (running or finished)."""
+        trials = self.study.get_trials(deepcopy=False)
+        return len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs})
 
     def _has_queued(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -248,6 +330,7 @@ class StudySearcher(Searcher):
         else:
             clear_checkpoints(checkpoint_dir)  # a new trial never continues someone else's
         trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr("driver", DRIVER_ID)
         trial.set_user_attr("checkpoint", str(checkpoint_dir))
         trial.set_user_attr("config", trial_config)
         fault = self.faults.get(trial.number)
@@ -301,21 +384,97 @@ class StudySearcher(Searcher):
     def _finish(
         self, live: _LiveTrial, state: TrialState, reason: str, value: float | None = None
     ) -> None:
+        """Record the trial's end. Never raises: the trial is counted once and leaves the
+        open set whatever the study write does, so the budget and Tune's slots stay right."""
         trial = live.trial
-        trial.set_user_attr("epochs_done", live.epochs_done)
-        trial.set_user_attr("stop_reason", reason)
-        trial.set_user_attr("wall_seconds", round(time.monotonic() - live.started, 3))
-        # Device time spent training and validating (excludes start-up and queueing).
-        trial.set_user_attr("train_seconds", round(live.train_seconds, 3))
+        attributes = {
+            "epochs_done": live.epochs_done,
+            "stop_reason": reason,
+            "wall_seconds": round(time.monotonic() - live.started, 3),
+            # Device time spent training and validating (excludes start-up and queueing).
+            "train_seconds": round(live.train_seconds, 3),
+        }
         if live.restored_epochs:
-            trial.set_user_attr("resumed_from_epoch", live.restored_epochs)
+            attributes["resumed_from_epoch"] = live.restored_epochs
         if live.device is not None:
-            trial.set_user_attr("device", live.device)
-        self.study.tell(trial, value, state=state)
+            attributes["device"] = live.device
+        for key, attribute in attributes.items():
+            self._try(trial.set_user_attr, key, attribute)
+        stored = self._tell(trial, state, value)
         self._open.pop(trial.number, None)
-        self._counts[state] += 1
-        if state == TrialState.COMPLETE and value is not None and self._is_better(value):
+        if stored is None:
+            return  # still RUNNING in the database: the next run recovers it
+        self._counts[stored] += 1
+        if stored == TrialState.COMPLETE and value is not None and self._is_better(value):
             self._best = (value, trial.number)
+        self._note_failure(reason if stored == TrialState.FAIL else None)
+
+    def _tell(
+        self, trial: optuna.Trial, state: TrialState, value: float | None
+    ) -> TrialState | None:
+        """``study.tell``; returns the state the database holds afterwards, or None if the
+        trial could not be settled at all."""
+        error = self._attempt_tell(trial, state, value)
+        if error is None:
+            return state
+        # Optuna stores the state even when the sampler's after_trial hook raises
+        # (GridSampler calls study.stop() once its grid is used up, which raises outside
+        # optimize()): what counts is what the database holds.
+        stored = self._stored_state(trial)
+        if stored is not None and stored.is_finished():
+            return stored
+        self.unrecorded.append(f"trial {trial.number}: {error}")
+        logger.error("trial %d could not be recorded as %s: %s", trial.number, state.name, error)
+        if state != TrialState.FAIL:
+            self._try(trial.set_user_attr, "error", f"recording its result failed: {error}")
+            self._try(trial.set_user_attr, "stop_reason", "tell_failed")
+            self._attempt_tell(trial, TrialState.FAIL, None)
+            stored = self._stored_state(trial)
+            if stored is not None and stored.is_finished():
+                return stored
+        return None
+
+    def _attempt_tell(
+        self, trial: optuna.Trial, state: TrialState, value: float | None
+    ) -> Exception | None:
+        try:
+            self.study.tell(trial, value, state=state)
+            return None
+        except Exception as error:  # noqa: BLE001 - the caller reads back what was stored
+            if not (isinstance(error, RuntimeError) and "stop" in str(error)):
+                logger.warning("trial %d: tell raised: %s", trial.number, error)
+            return error
+
+    def _stored_state(self, trial: optuna.Trial) -> TrialState | None:
+        try:
+            return self.study.get_trials(deepcopy=False)[trial.number].state
+        except Exception:  # noqa: BLE001 - the database itself is failing
+            return None
+
+    def _try(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        try:
+            write(*args, **kwargs)
+            return True
+        except Exception as error:  # noqa: BLE001 - collected for the summary
+            self.unrecorded.append(str(error).splitlines()[0] if str(error) else repr(error))
+            logger.warning("a study write failed: %s", error)
+            return False
+
+    def _note_failure(self, reason: str | None) -> None:
+        """Stop the run when the same non-configuration failure repeats SAME_FAILURE_LIMIT
+        times in a row: the cause is the machine, and every further trial would hit it."""
+        if (
+            reason is None
+            or reason.startswith(CONFIG_DEPENDENT_REASONS)
+            or reason in ("interrupted",)
+        ):
+            self._same_failures = ("", 0)
+            return
+        last, count = self._same_failures
+        count = count + 1 if reason == last else 1
+        self._same_failures = (reason, count)
+        if count >= SAME_FAILURE_LIMIT and self.halt_reason is None:
+            self.halt_reason = f"failures: {count} trials in a row failed with {reason}"
 
     def _is_better(self, value: float) -> bool:
         if self._best is None:

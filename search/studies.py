@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyNotFoundError
-from search.storage import open_storage_readonly
+from search.storage import open_storage_readonly, reading
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,11 @@ def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
 
 def list_studies(storage_url: str) -> list[StudyRow]:
     storage = open_storage_readonly(storage_url)
+    with reading(storage_url):
+        return _rows(storage)
+
+
+def _rows(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
     rows = []
     for frozen in storage.get_all_studies():
         trials = storage.get_all_trials(frozen._study_id, deepcopy=False)
@@ -56,12 +61,14 @@ def list_studies(storage_url: str) -> list[StudyRow]:
 
 def load_study_readonly(name: str, storage_url: str) -> optuna.Study:
     storage = open_storage_readonly(storage_url)
-    names = [s.study_name for s in storage.get_all_studies()]
-    if name not in names:
-        raise StudyNotFoundError(
-            f"no study named {name!r} in {storage_url}; studies there: {sorted(names) or 'none'}"
-        )
-    return optuna.load_study(study_name=name, storage=storage)
+    with reading(storage_url):
+        names = [s.study_name for s in storage.get_all_studies()]
+        if name not in names:
+            raise StudyNotFoundError(
+                f"no study named {name!r} in {storage_url}; studies there: "
+                f"{sorted(names) or 'none'}"
+            )
+        return optuna.load_study(study_name=name, storage=storage)
 
 
 def format_study_table(rows: list[StudyRow]) -> str:

@@ -9,6 +9,7 @@ import torch
 from ray import tune
 
 from model import DataSplits, fit
+from search.failures import error_text, failure_reason
 from search.faults import with_fault
 
 
@@ -21,7 +22,13 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
         report = _tag_replayed(report)
     if config.get("fault"):
         report = with_fault(config["fault"], report)
-    fit(config["trial"], data, report, config["checkpoint_dir"])
+    try:
+        fit(config["trial"], data, report, config["checkpoint_dir"])
+    except Exception as error:  # noqa: BLE001 - every failure is reported, by type, below
+        # Classified here, where every exception class is importable, and sent as the trial's
+        # last result: the driver never has to unpickle it. (Tune stops a trial with
+        # SystemExit, which is not an Exception and passes through.)
+        tune.report({"failure": failure_reason(error), "error": error_text(error)})
 
 
 def _tag_replayed(report: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:

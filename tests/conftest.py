@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray for the whole session, storages for every back end."""
+"""Shared fixtures: one local Ray for the whole session, storages for every back end, and a
+guard on the PostgreSQL connections each test holds."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import optuna
 import pytest
 import sqlalchemy
+
+from tests import db, drivers
+from tests.pg_guard import ConnectionGuard
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -27,6 +30,55 @@ def postgres_url() -> str | None:
         if os.environ.get("CI"):
             raise  # CI has the server: a missing one is a failure, not a skip
         return None
+
+
+# The highest number of PostgreSQL connections seen during any test, and that test.
+PEAK: list = [0, None]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if PEAK[1] is not None:
+        terminalreporter.write_line(
+            f"PostgreSQL connections to the test database: peak {PEAK[0]} (in {PEAK[1]})"
+        )
+
+
+@pytest.fixture(scope="session")
+def guard_engine() -> Iterator[sqlalchemy.Engine | None]:
+    """The guard's own engine (no pool: its one connection exists only while it counts)."""
+    url = postgres_url()
+    if url is None:
+        yield None
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def connection_guard(
+    request: pytest.FixtureRequest, guard_engine: sqlalchemy.Engine | None
+) -> Iterator[None]:
+    """Every test: sample PostgreSQL connections while it runs; fail it if the peak exceeds
+    2 per driver it started plus the test process's allowance, or if it leaves any open."""
+    drivers.started = 0
+    if guard_engine is None or request.node.get_closest_marker("no_connection_guard"):
+        yield
+        db.close_all()
+        return
+    guard = ConnectionGuard(guard_engine).start()
+    yield
+    guard.stop()
+    if guard.peak > PEAK[0]:
+        PEAK[:] = [guard.peak, request.node.nodeid]
+    db.close_all()
+    guard.check(drivers.started)
+    left = guard.settled()
+    if left > guard.at_start:
+        raise AssertionError(
+            f"{left - guard.at_start} PostgreSQL connections this test opened are still open "
+            "after it: close storages (search.storage.close_storage) when done"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +101,10 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     url = postgres_url()
     if url is None:
         pytest.skip("no PostgreSQL server at TEST_DB_URL / 127.0.0.1:5432")
-    before = set(optuna.get_all_study_names(url))
+    before = set(db.study_names(url))
     yield url
-    for name in set(optuna.get_all_study_names(url)) - before:
-        optuna.delete_study(study_name=name, storage=url)
+    for name in set(db.study_names(url)) - before:
+        db.delete_study(url, name)
 
 
 @pytest.fixture

@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from tests.db import trials
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Driver processes started by the current test (the connection guard allows 2 each).
+started = 0
 
 
 def write_study(path: Path, study: dict) -> Path:
@@ -24,6 +27,8 @@ def write_study(path: Path, study: dict) -> Path:
 
 def start_driver(study_file: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
     """``python -m search run STUDY`` in a new session, so the whole group can be killed."""
+    global started
+    started += 1
     log = log or study_file.with_suffix(".log")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -40,13 +45,6 @@ def kill_driver(process: subprocess.Popen) -> None:
     """SIGKILL to the driver's whole process group: no clean-up code runs."""
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-
-
-def trials(storage: str, name: str) -> list[FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).trials
-    except KeyError:
-        return []
 
 
 def wait_until(
@@ -68,3 +66,10 @@ def finished(storage: str, name: str) -> list[FrozenTrial]:
 
 def snapshot(trial: FrozenTrial) -> tuple:
     return (trial.number, trial.state, trial.value, dict(trial.intermediate_values), trial.params)
+
+
+def epoch_in_flight(storage: str, name: str) -> bool:
+    """A trial is running and has stored at least one epoch."""
+    return any(
+        t.state == TrialState.RUNNING and t.intermediate_values for t in trials(storage, name)
+    )

@@ -26,3 +26,15 @@ def tiny_study(name: str, storage: str, output_dir: Path, **overrides: Any) -> d
     }
     study.update(overrides)
     return study
+
+
+def slow_study(name: str, storage: str, output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """One trial at a time, six epochs each and no pruning: long enough to interrupt a trial
+    mid-run (a signal, a pause, a cut network) with an epoch already stored."""
+    settings = {
+        "n_trials": 3,
+        "max_concurrent": 1,
+        "asha": {"max_epochs": 6, "enabled": False},
+        "fixed": {"width": 0.25, "batch_size": 16, "device": "cpu", "augmentation": "none"},
+    }
+    return tiny_study(name, storage, output_dir, **{**settings, **overrides})

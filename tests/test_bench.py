@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -13,9 +14,11 @@ def test_bench_trainer_prints_both_pipelines_as_json(capsys: pytest.CaptureFixtu
     result = json.loads(capsys.readouterr().out)
     assert {"ours_images_per_s", "seed_images_per_s", "ratio", "device", "depth"} <= set(result)
     assert result["ours_images_per_s"] > 0 and result["seed_images_per_s"] > 0
-    assert result["ratio"] == pytest.approx(
-        result["ours_images_per_s"] / result["seed_images_per_s"], rel=0.01
-    )
+    # Medians of the alternating runs, not a best case, and the ratio of those medians.
+    ours, seeds = statistics.median(result["ours_runs"]), statistics.median(result["seed_runs"])
+    assert result["ours_images_per_s"] == pytest.approx(ours, abs=0.1)
+    assert result["seed_images_per_s"] == pytest.approx(seeds, abs=0.1)
+    assert result["ratio"] == pytest.approx(ours / seeds, abs=0.01)
     assert result["depth"] == 8 and result["device"].startswith("cpu")
     assert len(result["ours_runs"]) == len(result["seed_runs"]) == 2
 

@@ -12,6 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
+from tests import db
 from tests.studies import tiny_study
 
 
@@ -39,7 +40,7 @@ def test_run_studies_report(
     listing = capsys.readouterr().out
     assert study_name in listing and "COMPLETE" in listing
     row = next(line for line in listing.splitlines() if line.startswith(study_name))
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = db.load(storage, study_name)
     assert row.split()[2] == str(len(study.trials)) == "4"
 
     report = tmp_path / "out" / "report.html"

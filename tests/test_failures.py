@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -15,6 +14,7 @@ from model import NonFiniteMetricError
 from search import parse_study, run_study
 from search.failures import error_text, failure_reason
 from search.faults import Fault
+from tests import db
 from tests.studies import tiny_study
 
 
@@ -43,7 +43,7 @@ def test_oom_and_exception_fail_their_trials_and_the_search_goes_on(
     no_pruning = {"max_epochs": 3, "enabled": False}
     config = parse_study(tiny_study(study_name, storage, tmp_path, n_trials=5, asha=no_pruning))
     summary = run_study(config, faults={1: Fault("oom", epoch=2), 3: Fault("exception", epoch=1)})
-    trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    trials = db.load(storage, study_name).trials
     by_number = {t.number: t for t in trials}
     assert by_number[1].state == TrialState.FAIL
     assert by_number[1].user_attrs["stop_reason"] == "oom"

@@ -25,6 +25,7 @@ from model import (
 from search import ConfigError, parse_study, run_study
 from search.cli import main
 from search.report import build_report
+from tests import db
 from tests.studies import tiny_study
 
 TINY = {"depth": 8, "width": 0.25, "batch_size": 64, "device": "cpu", "augmentation": "none"}
@@ -177,7 +178,7 @@ def test_study_checkpoint_fine_tunes_in_another_study(
 ) -> None:
     source = parse_study(tiny_study(f"{study_name}-src", storage_url, tmp_path, n_trials=2))
     run_study(source)
-    best = optuna.load_study(study_name=source.name, storage=storage_url).best_trial
+    best = db.load(storage_url, source.name).best_trial
     best_weights = load_checkpoint(Path(best.user_attrs["checkpoint"]) / "last.pt")["model"]
 
     tuned = parse_study(
@@ -197,17 +198,28 @@ def test_study_checkpoint_fine_tunes_in_another_study(
         )
     )
     run_study(tuned)
-    study = optuna.load_study(study_name=tuned.name, storage=storage_url)
+    study = db.load(storage_url, tuned.name)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6
     for trial in finished:
         assert trial.user_attrs["pretrained_from"] == f"study:{source.name}"
         assert trial.user_attrs["config"]["pretrained"].endswith("last.pt")
         weights = load_checkpoint(Path(trial.user_attrs["checkpoint"]) / "last.pt")["model"]
-        frozen = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")[: trial.params["freeze_depth"]]
+        depth = trial.params["freeze_depth"]
+        # Unit 1 is the stem (conv1 + bn1), units 2.. are layer1..: depth + 1 prefixes.
+        frozen = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")[: depth + 1] if depth else ()
+        # The first unit past the frozen ones trained (fc, if every stage is frozen).
+        units = [u for u in ("conv1.", "layer1.", "layer2.", "layer3.", "layer4.")
+                 if any(key.startswith(u) for key in best_weights)]  # fmt: skip
+        trained = units[depth] if depth < len(units) else "fc."
         for key in best_weights:
             if frozen and key.startswith(frozen):
                 assert torch.equal(weights[key], best_weights[key]), key
+        assert any(
+            not torch.equal(weights[key], best_weights[key])
+            for key in best_weights
+            if key.startswith(trained) and key.endswith("weight")
+        )
 
     # Freeze depth and augmentation are searched, so the importance plot ranks them.
     report = build_report(study)
@@ -227,7 +239,7 @@ def test_unknown_source_study_is_refused_before_any_write(
     path.write_text(yaml.safe_dump(study))
     assert main(["run", str(path)]) == 2
     assert "no study named 'absent'" in capsys.readouterr().err
-    assert optuna.get_all_study_names(storage) == ["other"]
+    assert db.study_names(storage) == ["other"]
 
 
 def test_contradictory_settings_fail_at_validation() -> None:

@@ -20,7 +20,9 @@ from search import parse_study, run_study
 from search.cli import main
 from search.faults import Fault
 from search.runner import prepare_study
+from tests import db
 from tests.drivers import (
+    epoch_in_flight,
     finished,
     kill_driver,
     snapshot,
@@ -43,12 +45,6 @@ def _study(name: str, storage: str, tmp_path: Path, **overrides: object) -> dict
     return tiny_study(name, storage, tmp_path, **{**base, **overrides})
 
 
-def _has_epoch_in_flight(storage: str, name: str) -> bool:
-    return any(
-        t.state == TrialState.RUNNING and t.intermediate_values for t in trials(storage, name)
-    )
-
-
 def _any_trial_running(storage: str, name: str) -> bool:
     return any(t.state == TrialState.RUNNING for t in trials(storage, name))
 
@@ -62,7 +58,7 @@ def _trial_handed_out(storage: str, name: str) -> bool:
 KILL_POINTS = {
     "first_trial_asked": _any_trial_running,
     "first_trial_handed_out": _trial_handed_out,
-    "epoch_in_flight": _has_epoch_in_flight,
+    "epoch_in_flight": epoch_in_flight,
     "two_finished": lambda storage, name: len(finished(storage, name)) >= 2,
 }
 
@@ -128,7 +124,7 @@ def test_resume_is_bit_exact_on_cpu(tmp_path: Path, study_name: str) -> None:
         fixed={"width": 0.25, "batch_size": 32, "device": "cpu", "augmentation": "crop_flip"},
     )
     config = parse_study(study)
-    prepare_study(config, config.resolve_space()).enqueue_trial(
+    prepare_study(config, config.resolve_space(), db.storage(config.storage)).enqueue_trial(
         {k: v for k, v in settings.items() if k != "depth"}
     )
     driver = start_driver(write_study(tmp_path / "study.yaml", study))
@@ -197,7 +193,15 @@ def test_second_driver_is_refused_while_the_first_lives(
         err = capsys.readouterr().err
         assert "is being run by another driver" in err and socket.gethostname() in err
         assert f"pid {driver.pid} " in err  # the live holder is named ...
-        assert len(trials(storage, study_name)) >= count
+        # The refused driver (this process) wrote no trial; the live one may have added some.
+        from search.searcher import DRIVER_ID
+
+        after = trials(storage, study_name)
+        assert len(after) >= count
+        assert not [t for t in after if t.user_attrs.get("driver") == DRIVER_ID]
+        assert {t.user_attrs.get("driver") for t in after if "driver" in t.user_attrs} == {
+            f"{socket.gethostname()}:{driver.pid}"
+        }
         engine = sqlalchemy.create_engine(storage)
         with engine.connect() as connection:  # ... and still holds the lease
             holder = connection.execute(sqlalchemy.text("select pid from resnet_hpo_leases"))
@@ -220,7 +224,7 @@ def test_changed_space_is_refused_then_forked(
     study = _study(study_name, storage, tmp_path, n_trials=2)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = parse_study(study)
-    base = prepare_study(config, config.resolve_space())
+    base = prepare_study(config, config.resolve_space(), db.storage(config.storage))
     distributions = config.resolve_space().distributions()
     for lr in (0.02, 0.08):
         params = {"depth": 8, "lr": lr, "optimizer": "adam"}
@@ -241,12 +245,14 @@ def test_changed_space_is_refused_then_forked(
     assert len(trials(storage, study_name)) == 2  # nothing written
 
     # A fork keeps the trial whose lr still fits (0.02) and drops the other (0.08).
-    source = optuna.load_study(study_name=study_name, storage=storage)
+    source = db.load(storage, study_name)
     target_config = parse_study({**changed, "name": f"{study_name}-fork"})
-    target = prepare_study(target_config, target_config.resolve_space())
+    target = prepare_study(
+        target_config, target_config.resolve_space(), db.storage(target_config.storage)
+    )
     from search.resume import fork_trials
 
-    assert fork_trials(source, target, target_config.resolve_space()) == 1
+    assert fork_trials(source, target, target_config.resolve_space()).copied == 1
     copied = target.trials[0]
     assert copied.params["lr"] == 0.02
     assert copied.user_attrs["forked_from"] == f"{study_name}#0"
@@ -281,9 +287,8 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
 
     from search.lease import DriverLease, LeaseHeldError
     from search.schema import leases
-    from search.storage import open_storage
 
-    engine = open_storage(storage_url).engine
+    engine = db.storage(storage_url).engine
     first = DriverLease(engine, study_name, timeout_s=60, heartbeat_every_s=0.1).acquire()
 
     def heartbeat() -> float:
@@ -359,7 +364,7 @@ def test_two_drivers_on_postgres_and_a_resume_lose_nothing(tmp_path: Path, study
             study = _study(name, url, tmp_path / name, n_trials=4, max_concurrent=1)
             (tmp_path / name).mkdir()
             drivers.append(start_driver(write_study(tmp_path / name / "study.yaml", study)))
-        wait_until(lambda: _has_epoch_in_flight(url, names[0]), drivers[0])
+        wait_until(lambda: epoch_in_flight(url, names[0]), drivers[0])
         kill_driver(drivers[0])
         before = {t.number: snapshot(t) for t in finished(url, names[0])}
         assert drivers[1].wait(timeout=240) == 0  # the other driver never noticed
@@ -375,8 +380,8 @@ def test_two_drivers_on_postgres_and_a_resume_lose_nothing(tmp_path: Path, study
         assert any(t.user_attrs.get("stop_reason") == "driver_lost" for t in final_a)
     finally:
         for name in names:
-            if name in optuna.get_all_study_names(url):
-                optuna.delete_study(study_name=name, storage=url)
+            if name in db.study_names(url):
+                db.delete_study(url, name)
 
 
 @pytest.mark.usefixtures("ray_session")

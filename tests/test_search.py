@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from search import parse_study, run_study
 from search.runner import prepare_study
+from tests import db
 from tests.studies import tiny_study
 
 GOOD = {"lr": 0.05, "pretrained": None}
 SLOW = {"lr": 1e-7, "pretrained": None}  # learns nothing in one epoch: ASHA stops it
 DIVERGES = {"lr": 1e9, "pretrained": None}  # NaN loss in epoch 1
-BROKEN = {"lr": 0.05, "pretrained": "not-a-checkpoint.pt"}  # raises when the trial loads it
+# Weights of another network: a safe file the driver can read, which the trial then cannot
+# load into its ResNet (an exception at run time, not at validation).
+OTHER_NET = "other-net.pt"
 
 
 def _states_study(name: str, storage: str, output_dir: Path) -> dict:
@@ -27,7 +30,7 @@ def _states_study(name: str, storage: str, output_dir: Path) -> dict:
             "depth": 8,
             "optimizer": "sgd",
             "lr": {"type": "categorical", "choices": [0.05, 1e-7, 1e9]},
-            "pretrained": {"type": "categorical", "choices": [None, "not-a-checkpoint.pt"]},
+            "pretrained": {"type": "categorical", "choices": [None, str(output_dir / OTHER_NET)]},
         },
         fixed={
             "width": 0.5,
@@ -45,14 +48,16 @@ def _states_study(name: str, storage: str, output_dir: Path) -> dict:
 def test_every_trial_ends_in_an_honest_state(
     storage_url: str, study_name: str, tmp_path: Path
 ) -> None:
+    torch.save({"other.weight": torch.zeros(3)}, tmp_path / OTHER_NET)
+    broken = {"lr": 0.05, "pretrained": str(tmp_path / OTHER_NET)}
     config = parse_study(_states_study(study_name, storage_url, tmp_path))
-    study = prepare_study(config, config.resolve_space())
-    for params in (DIVERGES, BROKEN, GOOD, SLOW):
+    study = prepare_study(config, config.resolve_space(), db.storage(config.storage))
+    for params in (DIVERGES, broken, GOOD, SLOW):
         study.enqueue_trial(params)
 
     summary = run_study(config)
 
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    trials = db.load(storage_url, study_name).trials
     assert [t.state for t in trials] == [
         TrialState.FAIL,
         TrialState.FAIL,
@@ -77,7 +82,7 @@ def test_every_trial_ends_in_an_honest_state(
     assert diverged.intermediate_values == {}
 
     assert broken.user_attrs["stop_reason"] == "exception:PretrainedError"
-    assert "not-a-checkpoint.pt" in broken.user_attrs["error"]
+    assert OTHER_NET in broken.user_attrs["error"] and "do not fit" in broken.user_attrs["error"]
 
     for trial in trials:
         assert trial.user_attrs["ray_trial_id"]
@@ -88,7 +93,7 @@ def test_every_trial_ends_in_an_honest_state(
         assert trial.user_attrs["device"] == "cpu"
         assert (Path(trial.user_attrs["checkpoint"]) / "last.pt").is_file()
 
-    loaded = optuna.load_study(study_name=study_name, storage=storage_url)
+    loaded = db.load(storage_url, study_name)
     assert loaded.best_trial.number == good.number
     assert loaded.user_attrs["study_file"]["name"] == study_name
     assert loaded.user_attrs["package_version"]
@@ -105,7 +110,7 @@ def test_parallel_search_records_every_epoch(
         tiny_study(study_name, storage_url, tmp_path, n_trials=6, sampler={"name": "tpe"})
     )
     summary = run_study(config)
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    study = db.load(storage_url, study_name)
     states = [t.state for t in study.trials]
     assert len(states) == 6
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
