@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
 
+import cloudpickle
 from ray.tune import Callback
 
 from search.searcher import SearchProgress, StudySearcher
@@ -114,26 +116,45 @@ class UnreadableTrialError(RuntimeError):
 
 
 def _trial_exception(trial: Any) -> BaseException | None:
-    """The exception Ray recorded for the trial, through Ray's own API. A worker death is
-    a ``RayActorError``, recognised by type; an error that cannot be read back becomes an
-    :class:`UnreadableTrialError` carrying Ray's text trace and why it was unreadable."""
+    """The exception Ray recorded for the trial. A worker death is a ``RayActorError``,
+    recognised by type; an error that cannot be read back becomes an
+    :class:`UnreadableTrialError` carrying Ray's text trace and why it was unreadable.
+
+    Tune pickles the exception into the trial's driver-side folder (in this driver's own Ray
+    session directory, never under ``output_dir``) moments before it calls the callbacks;
+    that copy is read first, since Ray's ``get_pickled_error`` reads the synced copy in the
+    experiment storage, which may not be written yet."""
     try:
-        error = trial.get_pickled_error()
+        error = _local_pickled_error(trial)
+        if error is None:
+            error = trial.get_pickled_error()
     except Exception as unreadable:  # noqa: BLE001 - recorded below, with the text trace
-        text = _text_trace(trial)
         return UnreadableTrialError(
             f"Ray's record of this trial's error could not be read ({unreadable!r}); "
-            f"its text trace: {text or 'none'}"
+            f"its text trace: {_text_trace(trial) or 'none'}"
         )
     if isinstance(error, BaseException):
         return error
-    text = _text_trace(trial)
-    return UnreadableTrialError(f"Ray recorded no exception object; its text trace: {text}")
+    return UnreadableTrialError(
+        f"Ray recorded no exception object; its text trace: {_text_trace(trial) or 'none'}"
+    )
+
+
+def _local_pickled_error(trial: Any) -> Any:
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        return cloudpickle.load(handle)
 
 
 def _text_trace(trial: Any) -> str:
+    """Ray's text trace of the error: the driver-side file, else the synced copy."""
     try:
-        text = trial.get_error()
+        path = getattr(trial, "error_file", None)
+        if path and os.path.isfile(path):
+            with open(path) as handle:
+                return handle.read()[-4000:]
+        return str(trial.get_error() or "")[-4000:]
     except Exception as error:  # noqa: BLE001 - what we can say instead
         return f"(unreadable: {error!r})"
-    return str(text or "")[-4000:]
