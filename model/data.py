@@ -8,9 +8,12 @@ test split is kept for final reporting only; nothing in the search reads it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import numpy as np
@@ -25,6 +28,30 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
+CIFAR10_META_FILE = "batches.meta"
+# The published MD5 of every file in the archive (the same list torchvision checks).
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+# What a CIFAR pickle may build besides plain containers: numpy arrays and their dtypes.
+# Anything else (a reduce to os.system, say) is refused before it runs.
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 carry bytes
+}
 
 
 class DataError(ValueError):
@@ -56,6 +83,16 @@ class DataSplits:
         """Per-channel mean and std of the training split, in pixel units (0..255)."""
         pixels = self.train_images.float()
         return pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))
+
+    def without_test(self) -> DataSplits:
+        """The same splits with an empty test split: what a search's trials get, so that no
+        trial process holds the images that only final evaluation may read."""
+        # clone: a view would carry (and pickle) the whole test storage along.
+        return replace(
+            self,
+            test_images=self.test_images[:0].clone(),
+            test_labels=self.test_labels[:0].clone(),
+        )
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -129,13 +166,41 @@ def load_digits(
     )
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers, strings, numbers and numpy arrays, and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"the file asks to build {module}.{name}; a data batch holds only arrays, lists "
+            "and strings, so it is not loaded"
+        )
+
+
+def _load_pickle(path: Path, verify: bool) -> Any:
+    """A CIFAR pickle, checked against its published MD5 first (when ``verify``) and read
+    with an unpickler that can only build arrays, whatever the file holds."""
+    payload = path.read_bytes()
+    expected = CIFAR10_MD5.get(path.name)
+    if verify and expected and hashlib.md5(payload).hexdigest() != expected:
+        raise DataError(
+            f"{path} does not match the published MD5 of CIFAR-10's {path.name} "
+            f"({expected}); it is not loaded. Delete {path.parent} and let resnet-hpo "
+            f"download it again, or set dataset.verify: false for files of your own in the "
+            "same format"
+        )
+    return _ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
+
+
+def _read_cifar_batch(path: Path, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with path.open("rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
+        entry = _load_pickle(path, verify)
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as error:
+        if isinstance(error, DataError):
+            raise
         raise DataError(
             f"{path} is not a readable CIFAR-10 batch ({error}). Delete the folder "
             f"{path.parent} and let resnet-hpo download it again, or re-extract "
@@ -171,11 +236,15 @@ def load_cifar10(
     split_seed: int = 0,
     download: bool = True,
     url: str = CIFAR10_URL,
+    verify: bool = True,
 ) -> DataSplits:
     """CIFAR-10 from the standard ``cifar-10-batches-py`` files under ``data_dir``.
 
     45k train / 5k validation (``val_fraction=0.1``) / 10k test. Missing files are downloaded
     when ``download`` is true; otherwise, or offline, a :class:`DataError` says what to do.
+    Each file is checked against its published MD5 before it is read (``verify``; turn it
+    off for files of your own in the same format) and read with an unpickler that builds
+    nothing but arrays and containers.
     """
     data_dir = Path(data_dir).expanduser()
     folder = data_dir / CIFAR10_FOLDER
@@ -189,19 +258,21 @@ def load_cifar10(
             f"CIFAR-10 files {missing} are missing from {folder}. Download {CIFAR10_ARCHIVE} "
             f"from {CIFAR10_URL} and extract it into {data_dir}, or set dataset.download: true."
         )
-    batches = [_read_cifar_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
+    batches = [_read_cifar_batch(folder / name, verify) for name in CIFAR10_TRAIN_FILES]
     train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
-    test = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
-    classes = _cifar_classes(folder)
+    test = _read_cifar_batch(folder / CIFAR10_TEST_FILE, verify)
+    classes = _cifar_classes(folder, verify)
     return _as_splits("cifar10", classes, train, test, val_fraction, split_seed)
 
 
-def _cifar_classes(folder: Path) -> tuple[str, ...]:
-    meta = folder / "batches.meta"
-    if meta.is_file():
-        with meta.open("rb") as handle:
-            return tuple(pickle.load(handle, encoding="latin1")["label_names"])
-    return tuple(str(c) for c in range(10))
+def _cifar_classes(folder: Path, verify: bool = True) -> tuple[str, ...]:
+    meta = folder / CIFAR10_META_FILE
+    if not meta.is_file():
+        return tuple(str(c) for c in range(10))
+    try:
+        return tuple(_load_pickle(meta, verify)["label_names"])
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as error:
+        raise DataError(f"{meta} is not readable CIFAR-10 metadata ({error})") from error
 
 
 def load_dataset(
@@ -212,6 +283,7 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = True,
     image_size: int | None = None,
+    verify: bool = True,
 ) -> DataSplits:
     """Load a data set by name (``digits`` or ``cifar10``) with its default split sizes."""
     if name == "digits":
@@ -226,5 +298,6 @@ def load_dataset(
             val_fraction=0.1 if val_fraction is None else val_fraction,
             split_seed=split_seed,
             download=download,
+            verify=verify,
         )
     raise DataError(f"unknown dataset {name!r}; known data sets: {list(DATASETS)}")

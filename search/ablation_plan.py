@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search.config import (
     DEFAULT_STORAGE,
+    CheckpointsConfig,
     DatasetConfig,
     ObjectiveConfig,
     ResourcesConfig,
@@ -58,6 +59,7 @@ class AblationConfig(_Strict):
     max_concurrent: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=0)
     resources: ResourcesConfig = ResourcesConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"
     lease_timeout_s: float = Field(60.0, ge=1)
@@ -142,6 +144,7 @@ def engine_config(config: AblationConfig, baseline: dict[str, Any], arms: list[A
         max_concurrent=config.max_concurrent,
         max_failures=config.max_failures,
         resources=config.resources,
+        checkpoints=config.checkpoints,
         storage=config.storage,
         output_dir=config.output_dir,
         lease_timeout_s=config.lease_timeout_s,

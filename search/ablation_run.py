@@ -25,7 +25,7 @@ from search.ablation_stats import ArmRun, ArmSummary, summarise
 from search.config import STUDY_OWNED_FIELDS, ConfigError, check_gpu_share
 from search.errors import UserError
 from search.faults import Fault
-from search.pretrained import STUDY_PREFIX
+from search.pretrained import STUDY_PREFIX, check_same_split
 from search.resume import RETRYABLE_REASONS, IncompatibleStudyError
 from search.studies import load_study_readonly
 from spaces.language import format_validation_error
@@ -122,6 +122,9 @@ def resolve_baseline(config: AblationConfig) -> dict[str, Any]:
     if source is None:
         return with_factor_defaults(config, overrides)
     study = load_study_readonly(source[len(STUDY_PREFIX) :], config.storage)
+    # Settings chosen on another split's validation images would be judged on images they
+    # were chosen with (or trained on).
+    check_same_split("baseline.from", source, study, config.dataset.model_dump())
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UserError(f"baseline.from: {source} has no COMPLETE trial yet")
     best = study.best_trial

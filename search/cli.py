@@ -39,7 +39,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for name, value in summary.best_params.items():
             print(f"  {name}: {value}")
     print(f"storage:     {summary.storage}")
-    print(f"checkpoints: {summary.checkpoint_root}")
+    print(
+        f"checkpoints: {summary.checkpoint_root} ({summary.checkpoint_files} files, "
+        f"{summary.checkpoint_bytes / 2**20:.1f} MiB; the policy is checkpoints.keep = "
+        f"{config.checkpoints.keep})"
+    )
     for problem in summary.unrecorded[:5]:
         print(f"not recorded: {problem}", file=sys.stderr)
     if summary.interrupted:
@@ -88,6 +92,10 @@ def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
     if len(result.missing_arms) == len(result.rows):
         print("no arm has a finished cell: every trial failed; see the note column and the "
               "trials' stop_reason and error", file=sys.stderr)  # fmt: skip
+        return 1
+    if result.rows and result.rows[0].n == 0:
+        print("the baseline has no finished cell, so no arm can be compared; see the note "
+              "column and the trials' stop_reason and error", file=sys.stderr)  # fmt: skip
         return 1
     if result.missing_arms:
         print(f"arms without a finished cell: {', '.join(result.missing_arms)} (see the note "
@@ -228,9 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpaceError, DataError) as error:
         print(f"resnet-hpo: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("resnet-hpo: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:
+        # Before or after the trials ran (a signal while they run is settled by the run).
+        print(f"resnet-hpo: interrupted ({interrupt or 'SIGINT'})", file=sys.stderr)
+        return getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

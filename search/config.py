@@ -38,6 +38,9 @@ class DatasetConfig(_Strict):
     val_fraction: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
     download: bool = True
+    # cifar10: check each file against its published MD5 before reading it (false for
+    # files of your own in the same format; they are still read with a restricted unpickler).
+    verify: bool = True
 
 
 class ObjectiveConfig(_Strict):
@@ -82,6 +85,15 @@ class AshaConfig(_Strict):
         return self
 
 
+class CheckpointsConfig(_Strict):
+    """Which trial checkpoints a study keeps (see search.checkpoints)."""
+
+    # COMPLETE trials whose last.pt stays: the best by the objective (at least 1, for
+    # pretrained: study:NAME and final evaluation).
+    keep: int = Field(3, ge=1)
+    keep_all: bool = False  # keep every trial's checkpoints (pruned and failed ones too)
+
+
 class ResourcesConfig(_Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
@@ -104,6 +116,7 @@ class StudyConfig(_Strict):
     # at least 10).
     max_failed_trials: int | None = Field(None, ge=1)
     resources: ResourcesConfig = ResourcesConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"
     # A driver silent for this long loses its lease to the next driver of the study.

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -52,6 +53,34 @@ class LeaseHolder:
     pid: int
     process_start: str | None
     heartbeat: float
+    # Boot id and PID namespace of the holder: a pid means this host's process only for the
+    # same kernel boot and namespace (containers with --network host, host-network pods and
+    # cloned VMs share a hostname but not their pids).
+    namespace: str | None = None
+    timeout_s: float | None = None  # the holder's own lease_timeout_s
+
+    @classmethod
+    def from_row(cls, row: Any) -> LeaseHolder:
+        return cls(row.owner, row.host, row.pid, row.process_start, row.heartbeat,
+                   row.namespace, row.timeout_s)  # fmt: skip
+
+
+def _clock() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended (a paused VM):
+    a lease holder must count that time against its lease."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
+def pid_namespace() -> str | None:
+    """``<boot id>/<PID namespace inode>`` of this process, or None where /proc lacks them."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
 
 
 def _process_start(pid: int) -> str | None:
@@ -75,9 +104,14 @@ def _alive_here(holder: LeaseHolder) -> bool:
 
 
 def is_stale(holder: LeaseHolder, now: float, timeout_s: float) -> bool:
-    if now - holder.heartbeat > timeout_s:
+    """Stale when its heartbeat is older than the longer of the two drivers' timeouts (a
+    holder with a long timeout beats rarely), or when its holder's process is visibly gone:
+    only possible for a holder in this host's boot and PID namespace; any other holder is
+    judged by its heartbeat alone."""
+    if now - holder.heartbeat > max(timeout_s, holder.timeout_s or 0.0):
         return True
-    return holder.host == socket.gethostname() and not _alive_here(holder)
+    here = holder.host == socket.gethostname() and holder.namespace == pid_namespace()
+    return here and not _alive_here(holder)
 
 
 class DriverLease:
@@ -100,7 +134,7 @@ class DriverLease:
         self.lost = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew_lock = threading.Lock()
-        self._confirmed_at = 0.0  # time.monotonic() of the last proof that we hold it
+        self._confirmed_at = 0.0  # _clock() of the last proof that we hold it
 
     def acquire(self) -> DriverLease:
         now = time.time()
@@ -110,6 +144,8 @@ class DriverLease:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "process_start": _process_start(os.getpid()),
+            "namespace": pid_namespace(),
+            "timeout_s": self.timeout_s,
             "heartbeat": now,
             "acquired": now,
         }
@@ -120,7 +156,7 @@ class DriverLease:
                 sa.select(leases).where(leases.c.study_name == self.study_name).with_for_update()
             ).first()
             if row is not None:
-                holder = LeaseHolder(row.owner, row.host, row.pid, row.process_start, row.heartbeat)
+                holder = LeaseHolder.from_row(row)
                 if not is_stale(holder, now, self.timeout_s):
                     raise LeaseHeldError(
                         f"study {self.study_name!r} is being run by another driver (pid "
@@ -141,7 +177,7 @@ class DriverLease:
                         f"study {self.study_name!r} was just taken by another driver; wait for "
                         "it to finish"
                     ) from None
-        self._confirmed_at = time.monotonic()
+        self._confirmed_at = _clock()
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -151,7 +187,7 @@ class DriverLease:
         with self._renew_lock:
             if self.lost.is_set():
                 return False
-            asked_at = time.monotonic()
+            asked_at = _clock()
             with self.engine.begin() as connection:
                 renewed = connection.execute(
                     sa.update(leases)
@@ -170,7 +206,7 @@ class DriverLease:
         renewal, renewed (one database round trip) past that."""
         if self.lost.is_set():
             return False
-        if time.monotonic() - self._confirmed_at < self.timeout_s / 2:
+        if _clock() - self._confirmed_at < self.timeout_s / 2:
             return True
         return self._renew()
 
@@ -192,7 +228,7 @@ class DriverLease:
             ).first()
         if row is None:
             return None
-        return LeaseHolder(row.owner, row.host, row.pid, row.process_start, row.heartbeat)
+        return LeaseHolder.from_row(row)
 
     def release(self) -> None:
         """Stop the heartbeat and delete our row (never another driver's). A database that

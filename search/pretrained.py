@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 
 from model import CHECKPOINT_NAME
@@ -25,10 +26,38 @@ def study_references(fixed: dict[str, Any], space: Space) -> set[str]:
     return {v for v in values if isinstance(v, str) and v.startswith(STUDY_PREFIX)}
 
 
-def best_checkpoint(storage_url: str, reference: str) -> tuple[Path, int]:
-    """(checkpoint file, trial number) of the best COMPLETE trial of the referenced study."""
+# What must match for a study's weights or chosen settings to be used by another: trained
+# on another split, they have seen the validation images that judge the new study.
+SPLIT_FIELDS = ("name", "val_fraction", "split_seed")
+
+
+def check_same_split(
+    field: str, reference: str, source: optuna.Study, dataset: dict[str, Any]
+) -> None:
+    """Refuse ``reference`` when its study used another data set or train/validation split."""
+    theirs = (source.user_attrs.get("study_file") or {}).get("dataset") or {}
+    changed = [
+        f"{key}: {theirs.get(key)!r} there, {dataset.get(key)!r} here"
+        for key in SPLIT_FIELDS
+        if theirs.get(key) != dataset.get(key)
+    ]
+    if changed:
+        raise UserError(
+            f"{field}: {reference} was run on another data set or split ({'; '.join(changed)});"
+            " what it learned has seen this study's validation images. Use a study with the "
+            "same dataset name, val_fraction and split_seed"
+        )
+
+
+def best_checkpoint(
+    storage_url: str, reference: str, dataset: dict[str, Any] | None = None
+) -> tuple[Path, int]:
+    """(checkpoint file, trial number) of the best COMPLETE trial of the referenced study;
+    with ``dataset`` (the using study's), the data set and split must be the same."""
     name = reference[len(STUDY_PREFIX) :]
     study = load_study_readonly(name, storage_url)
+    if dataset is not None:
+        check_same_split("pretrained", reference, study, dataset)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise UserError(f"pretrained: {reference}: that study has no COMPLETE trial yet")
@@ -43,6 +72,9 @@ def best_checkpoint(storage_url: str, reference: str) -> tuple[Path, int]:
     return path, best.number
 
 
-def resolve_references(storage_url: str, references: set[str]) -> dict[str, str]:
-    """``{"study:NAME": "/abs/path/last.pt"}`` for every reference, or a UserError."""
-    return {ref: str(best_checkpoint(storage_url, ref)[0]) for ref in sorted(references)}
+def resolve_references(
+    storage_url: str, references: set[str], dataset: dict[str, Any]
+) -> dict[str, str]:
+    """``{"study:NAME": "/abs/path/last.pt"}`` for every reference, or a UserError (also when
+    a referenced study used another data set or split than ``dataset``)."""
+    return {ref: str(best_checkpoint(storage_url, ref, dataset)[0]) for ref in sorted(references)}

@@ -1,9 +1,11 @@
 """The HTML report of a study: pure functions compute each figure's data, others draw it.
 
-Importance and parallel coordinates are computed at one epoch that many trials reached
-(the "rung view"): with ASHA most trials are PRUNED, and Optuna's importance functions only
-look at COMPLETE trials, which would leave a handful of points. The figure titles say which
-epoch and how many trials.
+Importance and parallel coordinates are computed at the first rung: the latest epoch that
+every finished trial reached (the "rung view"). With ASHA most trials are PRUNED, and
+Optuna's importance functions only look at COMPLETE trials, which would leave a handful of
+points; a later epoch would only hold the trials ASHA let through, a sample already filtered
+on the metric, which understates parameters (such as ``lr``) whose bad values were pruned.
+The figure titles say which epoch and how many trials.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def learning_curves(trials: list[FrozenTrial]) -> list[Curve]:
 
 
 def rung_epoch(trials: list[FrozenTrial]) -> int | None:
-    """The latest epoch reached by at least half of the finished trials (at least 2)."""
+    """The latest epoch every finished trial reached (at least 2 trials): ASHA has filtered
+    nothing there yet."""
     finished = [
         t
         for t in trials
@@ -65,8 +68,7 @@ def rung_epoch(trials: list[FrozenTrial]) -> int | None:
     ]
     if len(finished) < 2:
         return None
-    reached = sorted((max(t.intermediate_values) for t in finished), reverse=True)
-    return reached[max(1, math.ceil(len(finished) / 2)) - 1]
+    return min(max(t.intermediate_values) for t in finished)
 
 
 def rung_view(study: optuna.Study, epoch: int) -> optuna.Study:
@@ -307,7 +309,10 @@ def _search_figures(
         figures.append(("Parameter importance", _note("Needs at least 2 finished trials.")))
     else:
         view = rung_view(study, epoch)
-        label = f"{metric} at epoch {epoch}, {len(view.trials)} trials that reached it"
+        label = (
+            f"{metric} at epoch {epoch}, the first rung: all {len(view.trials)} finished "
+            "trials, before ASHA selected any"
+        )
         try:
             figure = _importance_figure(view, importance, f"Importance ({importance}) of {label}")
             figures.append((f"Parameter importance ({importance})", figure))

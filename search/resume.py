@@ -23,7 +23,17 @@ from spaces import Space
 
 # Changing these makes old and new trials incomparable; the rest (budget, sampler,
 # concurrency, resources, ASHA's grace and rate) may change between runs.
-COMPARED_FIELDS = ("dataset", "space", "fixed", "objective", "asha.max_epochs")
+# The data set counts by what makes results comparable (its name and split), not by where it
+# lives or how it is checked (data_dir, download, verify may change).
+COMPARED_FIELDS = (
+    "dataset.name",
+    "dataset.val_fraction",
+    "dataset.split_seed",
+    "space",
+    "fixed",
+    "objective",
+    "asha.max_epochs",
+)
 RETRYABLE_REASONS = ("driver_lost", "interrupted")
 FORK_DROPPED = ("retry_of", "worker_failures")
 
@@ -148,22 +158,25 @@ VALUE_PRESERVING_FIELDS = ("space",)
 class ForkResult:
     source: str
     target: str
-    copied: int
+    copied: int  # finished trials copied with their values
+    queued: int  # configurations queued to run again (the values were not comparable)
     incomparable: list[str]  # set-up differences that made the old values incomparable
 
     def message(self) -> str:
         if self.incomparable:
             shown = "; ".join(self.incomparable[:4])
             return (
-                f"forked {self.source!r} into {self.target!r} without its trials: the set-up "
-                f"changed beyond the space ({shown}), so their values are not comparable"
+                f"forked {self.source!r} into {self.target!r}: the set-up changed beyond the "
+                f"space ({shown}), so its values are not comparable; copied none, and queued "
+                f"{self.queued} of its configurations that fit the new space to run again"
             )
         return f"forked {self.copied} finished trials of {self.source!r} into {self.target!r}"
 
 
 def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> ForkResult:
-    """Copy the finished trials of ``source`` whose parameters fit ``space`` into ``target``,
-    values and all, when only the space changed between them; copy nothing otherwise."""
+    """Start ``target`` from the finished trials of ``source`` whose parameters fit ``space``:
+    copied with their values when only the space changed between the two set-ups (they are
+    results of the same experiment), else queued as configurations to run again."""
     stored = source.user_attrs.get("study_file") or {}
     current = target.user_attrs.get("study_file") or {}
     incomparable = [
@@ -171,13 +184,19 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> For
         for line in differences(stored, current)
         if not line.startswith(VALUE_PRESERVING_FIELDS)
     ]
+    finished = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    fitting = [trial for trial in finished if _fits(space, dict(trial.params))]
     if incomparable:
-        return ForkResult(source.study_name, target.study_name, 0, incomparable)
+        seen: list[dict[str, Any]] = []
+        for trial in fitting:
+            if trial.params not in seen:
+                seen.append(dict(trial.params))
+                target.enqueue_trial(
+                    dict(trial.params), user_attrs={"forked_from": _origin(source, trial)}
+                )
+        return ForkResult(source.study_name, target.study_name, 0, len(seen), incomparable)
     distributions = space.distributions()
-    copied = 0
-    for trial in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if not _fits(space, dict(trial.params)):
-            continue
+    for trial in fitting:
         target.add_trial(
             optuna.trial.create_trial(
                 state=trial.state,
@@ -188,9 +207,12 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> For
                 user_attrs={
                     # Trial numbers of the old study would mean other trials here.
                     **{k: v for k, v in trial.user_attrs.items() if k not in FORK_DROPPED},
-                    "forked_from": f"{source.study_name}#{trial.number}",
+                    "forked_from": _origin(source, trial),
                 },
             )
         )
-        copied += 1
-    return ForkResult(source.study_name, target.study_name, copied, [])
+    return ForkResult(source.study_name, target.study_name, len(fitting), 0, [])
+
+
+def _origin(source: optuna.Study, trial: FrozenTrial) -> str:
+    return f"{source.study_name}#{trial.number}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -20,9 +20,11 @@ from optuna.trial import TrialState
 from ray.tune.stopper import Stopper
 
 from model import DataSplits, load_dataset
+from search.checkpoints import CheckpointPolicy, folder_size
 from search.config import SamplerConfig, StudyConfig
 from search.errors import RunAbortedError, StudyNotFoundError, UserError
 from search.faults import Fault
+from search.grid import GridPlan
 from search.interrupts import InterruptWatch
 from search.lease import DriverLease, LeaseLostError
 from search.preflight import check_output_dir, check_pretrained_files, check_resources
@@ -30,8 +32,14 @@ from search.pretrained import resolve_references, study_references
 from search.progress import FailureRecorder, ProgressView
 from search.provenance import git_sha, host, package_version
 from search.resume import check_compatible, fork_trials, recover_lost_trials
+from search.scheduler import StudyASHA, rung_keys_of, study_history
 from search.searcher import SearchProgress, StudySearcher
-from search.storage import check_storage, close_storage, open_storage
+from search.storage import (
+    check_storage,
+    close_readonly_storages,
+    close_storage,
+    open_storage,
+)
 from search.studies import count_states
 from spaces import Space
 
@@ -79,6 +87,8 @@ class RunSummary:
     halt_reason: str | None = None
     interrupted: str | None = None  # the signal's name when Ctrl-C / SIGTERM ended the run
     unrecorded: list[str] = field(default_factory=list)  # study writes that failed
+    checkpoint_files: int = 0  # what the checkpoint policy left on disk
+    checkpoint_bytes: int = 0
 
     @property
     def gave_up(self) -> bool:
@@ -102,12 +112,32 @@ def build_sampler(config: SamplerConfig, space: Space, seed: int) -> optuna.samp
         if config.name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if config.name == "cmaes":
+            # The run says once which parameters are drawn independently (see
+            # independently_sampled) instead of Optuna warning on every trial.
             return optuna.samplers.CmaEsSampler(
                 seed=seed, n_startup_trials=config.n_startup_trials, warn_independent_sampling=False
             )
         if config.name == "qmc":
             return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        # grid: every point is queued (search.grid); the sampler never chooses a value.
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+# Samplers whose model covers only numeric parameters present in every trial; Optuna draws
+# the rest (categorical and conditional parameters) with its independent (random) sampler.
+NUMERIC_ONLY_SAMPLERS = ("cmaes", "qmc")
+
+
+def independently_sampled(sampler: str, space: Space) -> list[str]:
+    """The searched parameters ``sampler`` does not model but draws at random."""
+    if sampler not in NUMERIC_ONLY_SAMPLERS:
+        return []
+    return [
+        name
+        for name, param in space.searched.items()
+        if param.when
+        or isinstance(param.distribution(), optuna.distributions.CategoricalDistribution)
+    ]
 
 
 def load_data(config: StudyConfig) -> DataSplits:
@@ -118,6 +148,7 @@ def load_data(config: StudyConfig) -> DataSplits:
         val_fraction=dataset.val_fraction,
         split_seed=dataset.split_seed,
         download=dataset.download,
+        verify=dataset.verify,
     )
 
 
@@ -193,26 +224,36 @@ def run_study(
     """
     stream = stream or sys.stdout
     started = time.monotonic()
-    space = config.resolve_space()
-    output_dir = check_output_dir(config.output_dir, config.source)
-    data = load_data(config)  # fails before any database write if the data is missing
-    check_pretrained_files(config.fixed, space, config.source)
-    pretrained = resolve_references(config.storage, study_references(config.fixed, space))
-    check_storage(config.storage)
-    started_ray = _init_ray()
-    try:
-        check_resources(config.resources, config.source)
-        storage = open_storage(config.storage)
+    with InterruptWatch() as watch:
+        space = config.resolve_space()
+        output_dir = check_output_dir(config.output_dir, config.source)
+        data = load_data(config)  # fails before any database write if the data is missing
+        check_pretrained_files(config.fixed, space, config.source)
+        pretrained = resolve_references(
+            config.storage, study_references(config.fixed, space), config.dataset.model_dump()
+        )
+        check_storage(config.storage)
+        # The driver reads through its own storage from here on: the cached readers used to
+        # resolve references would hold connections for nothing.
+        close_readonly_storages()
+        started_ray = _init_ray()
+        watch.install()
         try:
-            run = _Run(config, space, data, pretrained, output_dir, stream, faults, started)
-            return run.execute(storage, more=more, fork=fork, plan=plan)
+            check_resources(config.resources, config.source)
+            storage = open_storage(config.storage)
+            try:
+                run = _Run(config, space, data, pretrained, output_dir, stream, faults, started)
+                return run.execute(storage, watch, more=more, fork=fork, plan=plan)
+            except Exception as error:
+                _raise_if_storage_lost(error, config.storage)
+                raise
+            finally:
+                close_storage(storage)  # the driver's connections close now, not at collection
         finally:
-            close_storage(storage)  # the driver's connections close now, not at collection
-    finally:
-        if started_ray:
-            import ray
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 @dataclass
@@ -231,6 +272,7 @@ class _Run:
     def execute(
         self,
         storage: optuna.storages.RDBStorage,
+        watch: InterruptWatch,
         more: int | None,
         fork: str | None,
         plan: QueuePlan | None,
@@ -249,32 +291,53 @@ class _Run:
                     f"took over the lease of a stopped driver (pid {holder.pid} on {holder.host})\n"
                 )
             study = prepare_study(config, self.space, storage)
+            independent = independently_sampled(config.sampler.name, self.space)
+            if independent:
+                self.stream.write(
+                    f"sampler {config.sampler.name} models numeric parameters only: "
+                    f"{', '.join(independent)} are drawn independently, at random\n"
+                )
             if plan is not None:
                 plan.check(study)  # a changed ablation design is refused before any write
             if fork:
                 source = optuna.load_study(study_name=source_name, storage=storage)
-                self.stream.write(fork_trials(source, study, self.space).message() + "\n")
+                try:
+                    forked = fork_trials(source, study, self.space)
+                except BaseException:
+                    # All or nothing: a half-copied fork would block the same --fork again.
+                    with contextlib.suppress(Exception):  # the database may be the cause
+                        optuna.delete_study(study_name=config.name, storage=storage)
+                    raise
+                self.stream.write(forked.message() + "\n")
             retried = recover_lost_trials(study)
             if retried:
                 self.stream.write(
                     f"trials {retried} were interrupted; they run again first, from their "
                     "last checkpoints\n"
                 )
+            if plan is None and config.sampler.name == "grid":
+                finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+                target = finished + more if more is not None else config.n_trials
+                plan = GridPlan(self.space.grid_points(), target)
             if plan is not None:
                 queued = plan.enqueue_missing(study)
-                self.stream.write(f"{queued} arm x seed trials queued\n")
-            summary = self._search(study, more, plan, lease)
+                what = "grid points" if isinstance(plan, GridPlan) else "arm x seed trials"
+                self.stream.write(f"{queued} {what} queued\n")
+            summary = self._search(study, more, plan, lease, watch)
         finally:
             lease.release()
         return summary
 
     def _search(
-        self, study: optuna.Study, more: int | None, plan: QueuePlan | None, lease: DriverLease
+        self,
+        study: optuna.Study,
+        more: int | None,
+        plan: QueuePlan | None,
+        lease: DriverLease,
+        watch: InterruptWatch,
     ) -> RunSummary:
         from ray import tune
         from ray.tune.schedulers import FIFOScheduler
-
-        from search.scheduler import RecordingASHA
 
         config = self.config
         finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
@@ -293,6 +356,9 @@ class _Run:
         mode = "max" if config.objective.resolved_direction == "maximize" else "min"
 
         asha_stopped: set[str] = set()
+        known = study.get_trials(deepcopy=False)
+        trial_keys = rung_keys_of(known)
+        rung_keys: dict[str, str] = {}
         searcher = StudySearcher(
             study,
             self.space,
@@ -312,11 +378,18 @@ class _Run:
             queued_only=plan is not None,
             describe=plan.describe if plan is not None else None,
             write_allowed=lease.still_held,
-            grid_size=_grid_size(self.space) if config.sampler.name == "grid" else None,
+            rung_keys=rung_keys,
+            trial_keys=trial_keys,
+            retention=CheckpointPolicy(
+                study, checkpoint_root, config.checkpoints.keep, config.checkpoints.keep_all
+            ),
         )
         if config.asha.enabled:
-            scheduler = RecordingASHA(
+            scheduler = StudyASHA(
                 stopped_early=asha_stopped,
+                keys=rung_keys,
+                history=study_history(known, trial_keys),
+                direction=mode,
                 time_attr="epoch",
                 max_t=config.asha.max_epochs,
                 grace_period=config.asha.grace_period,
@@ -325,8 +398,8 @@ class _Run:
         else:
             scheduler = FIFOScheduler()
         grid = ""
-        if searcher.grid_size is not None:
-            grid = f"; the grid has {searcher.grid_size} points"
+        if isinstance(plan, GridPlan):
+            grid = f"; the grid has {len(plan.points)} points"
         self.stream.write(
             f"study {config.name!r} in {config.storage}: {finished_before} finished trials, "
             f"running {to_run} more ({config.max_concurrent} at a time, "
@@ -334,10 +407,10 @@ class _Run:
         )
         self.stream.flush()
         progress = ProgressView(searcher, total=to_run, stream=self.stream)
-        watch = InterruptWatch()
         if to_run:
             trainable = tune.with_resources(
-                tune.with_parameters(_trainable(), data=self.data),
+                # Training and validation splits only: the search never reads the test set.
+                tune.with_parameters(_trainable(), data=self.data.without_test()),
                 {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
             )
             tuner = tune.Tuner(
@@ -361,16 +434,13 @@ class _Run:
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 ),
             )
-            with watch:
+            with watch.deferring():
                 try:
                     tuner.fit()
-                except Exception as error:
-                    _raise_if_storage_lost(error, config.storage)
-                    raise
                 finally:
                     if watch.signal_name:
                         searcher.halt(f"interrupted: {watch.signal_name}")
-                    searcher.close()
+                    searcher.close()  # never raises: what it cannot write, the next run does
                     progress.finish()
         if searcher.lease_lost:
             holder = lease.current_holder()
@@ -380,6 +450,10 @@ class _Run:
                 f"cut off for more than lease_timeout_s = {config.lease_timeout_s:g} s); it "
                 "stopped its trials and wrote nothing after that. The other driver carries on."
             )
+        if isinstance(plan, GridPlan) and not plan.remaining(study):
+            finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+            if finished < plan.target:
+                searcher.halt(f"grid_exhausted: all {len(plan.points)} grid points ran")
         return _summarise(
             config,
             study,
@@ -402,7 +476,10 @@ class _StopAll(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.watch.signal_number is not None or self.searcher.lease_lost
+        if self.watch.signal_name:
+            self.searcher.halt(f"interrupted: {self.watch.signal_name}")  # no retries either
+            return True
+        return self.searcher.lease_lost
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -434,10 +511,6 @@ def _raise_if_storage_lost(error: BaseException, storage: str) -> None:
             ) from None
 
 
-def _grid_size(space: Space) -> int:
-    return math.prod(len(values) for values in space.grid().values())
-
-
 def _trainable() -> Any:
     from search.trainable import train_trial
 
@@ -457,6 +530,7 @@ def _summarise(
     if counts["COMPLETE"]:
         best = study.best_trial
     progress = searcher.progress()
+    files, size = folder_size(checkpoint_root)
     return RunSummary(
         study_name=config.name,
         storage=config.storage,
@@ -471,4 +545,6 @@ def _summarise(
         halt_reason=searcher.halt_reason,
         interrupted=interrupted,
         unrecorded=list(searcher.unrecorded),
+        checkpoint_files=files,
+        checkpoint_bytes=size,
     )

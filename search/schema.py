@@ -10,7 +10,9 @@ import sqlalchemy as sa
 
 from search.errors import StorageError
 
-SCHEMA_VERSION = 1
+# 2: the lease row records the holder's boot id and PID namespace (``namespace``) and its
+# own timeout (``timeout_s``).
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 meta = sa.Table(
@@ -29,7 +31,11 @@ leases = sa.Table(
     sa.Column("process_start", sa.String(32), nullable=True),
     sa.Column("heartbeat", sa.Float, nullable=False),
     sa.Column("acquired", sa.Float, nullable=False),
+    sa.Column("namespace", sa.String(128), nullable=True),
+    sa.Column("timeout_s", sa.Float, nullable=True),
 )
+# Columns version 2 added to the lease table, with their SQL types.
+ADDED_IN_2 = {"namespace": "VARCHAR(128)", "timeout_s": "FLOAT"}
 
 
 def stored_schema_version(connection: sa.Connection) -> int | None:
@@ -42,21 +48,45 @@ def stored_schema_version(connection: sa.Connection) -> int | None:
 
 
 def check_schema(connection: sa.Connection, url: str) -> None:
+    """Refuse a database written by a newer resnet-hpo (an older one is upgraded by writers
+    and readable as it is)."""
     version = stored_schema_version(connection)
-    if version is not None and version != SCHEMA_VERSION:
+    if version is not None and version > SCHEMA_VERSION:
         raise StorageError(
             f"storage {url} was written by a resnet-hpo with schema version {version}; this "
-            f"resnet-hpo reads version {SCHEMA_VERSION}. Use the resnet-hpo version that made "
-            "it, or start a new database."
+            f"resnet-hpo reads version {SCHEMA_VERSION} and older. Use the resnet-hpo version "
+            "that made it, or start a new database."
         )
 
 
 def ensure_schema(engine: sa.Engine, url: str) -> None:
-    """Create our tables if missing (writers only), after checking the version."""
+    """Create our tables if missing, or upgrade them (writers only), after checking the
+    version. Concurrent writers are serialised (SQLite: an immediate transaction;
+    PostgreSQL: a transaction-level advisory lock), so an upgrade runs once."""
     with engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7261306)"))
         check_schema(connection, url)
         metadata.create_all(connection)
-        if stored_schema_version(connection) is None:
+        version = stored_schema_version(connection)
+        if version is None:
             connection.execute(
                 sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+            )
+            return
+        # Columns a version-1 table lacks (checked by name, whatever the recorded version
+        # says); version 1 lease rows have neither and are judged by their heartbeat.
+        present = {c["name"] for c in sa.inspect(connection).get_columns(leases.name)}
+        for column, sql_type in ADDED_IN_2.items():
+            if column not in present:
+                connection.execute(
+                    sa.text(f"ALTER TABLE {leases.name} ADD COLUMN {column} {sql_type}")
+                )
+        if version < SCHEMA_VERSION:
+            connection.execute(
+                sa.update(meta)
+                .where(meta.c.key == "schema_version")
+                .values(value=str(SCHEMA_VERSION))
             )

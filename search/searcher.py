@@ -20,8 +20,8 @@ Whatever a study write raises (a sampler's ``after_trial`` hook, a database erro
 searcher's own books stay consistent: each trial is counted once, its Tune slot is released,
 and a trial whose result could not be stored is failed or left for the next run to recover.
 It writes nothing once ``write_allowed`` says the driver's lease was taken by another driver.
-It stops proposing, and says why in :attr:`halt_reason`, when the budget is reached, the grid
-is used up, too many trials failed, the same failure repeats, the lease is lost or the run
+It stops proposing, and says why in :attr:`halt_reason`, when the budget is reached, too many
+trials failed, the same failure repeats, the lease is lost or the run
 was interrupted.
 """
 
@@ -41,9 +41,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from search.checkpoints import CheckpointPolicy
 from search.failures import error_text, failure_reason
 from search.faults import Fault
 from search.resume import carry_checkpoint, clear_checkpoints
+from search.scheduler import rung_key
 from spaces import Space
 
 logger = logging.getLogger(__name__)
@@ -125,7 +127,9 @@ class StudySearcher(Searcher):
         queued_only: bool = False,
         describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         write_allowed: Callable[[], bool] | None = None,
-        grid_size: int | None = None,
+        rung_keys: dict[str, str] | None = None,
+        trial_keys: dict[int, str] | None = None,
+        retention: CheckpointPolicy | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
@@ -144,7 +148,11 @@ class StudySearcher(Searcher):
         self.queued_only = queued_only
         self.describe = describe
         self.write_allowed = write_allowed or (lambda: True)
-        self.grid_size = grid_size
+        # ASHA's rung key of each running Ray trial (shared with the scheduler), and of each
+        # study trial: a retry of a lost trial takes the key of the trial it retries.
+        self.rung_keys = rung_keys if rung_keys is not None else {}
+        self.trial_keys = trial_keys if trial_keys is not None else {}
+        self.retention = retention
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._retry_queue: list[_LiveTrial] = []
@@ -175,7 +183,8 @@ class StudySearcher(Searcher):
         pending = bool(self._live or self._awaiting_error)
         if not self._may_write():
             return None if pending else Searcher.FINISHED
-        if self._retry_queue:
+        interrupted = self.halt_reason is not None and self.halt_reason.startswith("interrupted")
+        if self._retry_queue and not interrupted:
             return self._resume_same_trial(trial_id, self._retry_queue.pop(0))
         if self._done_proposing() or (self.queued_only and not self._has_queued()):
             return None if pending else Searcher.FINISHED
@@ -183,11 +192,6 @@ class StudySearcher(Searcher):
             self.target_finished
         ):
             return None  # enough trials under way; wait for them before proposing more
-        if self.grid_size is not None and self._grid_points_started() >= self.grid_size:
-            if not pending:
-                self.halt_reason = f"grid_exhausted: all {self.grid_size} grid points ran"
-                return Searcher.FINISHED
-            return None  # the last grid points are running; a new ask would repeat one
         return self._start_new_trial(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -246,7 +250,12 @@ class StudySearcher(Searcher):
         Each write is tried on its own: one failing (the database is gone) does not skip
         the others, and what could not be written is left RUNNING for the next run's
         recovery. After a lost lease nothing is written."""
-        if not self._may_write():
+        try:
+            allowed = self._may_write()
+        except Exception as error:  # noqa: BLE001 - the database is gone: nothing to write
+            logger.warning("could not settle the open trials: %s", error)
+            return  # they stay RUNNING; the next run recovers them
+        if not allowed:
             return
         for trial_id in list(self._awaiting_error):
             self.record_failure(trial_id, None)
@@ -303,11 +312,6 @@ class StudySearcher(Searcher):
             return True
         return False
 
-    def _grid_points_started(self) -> int:
-        """Distinct grid points of trials asked so far (running or finished)."""
-        trials = self.study.get_trials(deepcopy=False)
-        return len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs})
-
     def _has_queued(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -329,6 +333,8 @@ class StudySearcher(Searcher):
             self._carry_from(lost, checkpoint_dir)
         else:
             clear_checkpoints(checkpoint_dir)  # a new trial never continues someone else's
+        self.trial_keys[trial.number] = self.trial_keys.get(lost, rung_key(trial.number))
+        self.rung_keys[trial_id] = self.trial_keys[trial.number]
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("driver", DRIVER_ID)
         trial.set_user_attr("checkpoint", str(checkpoint_dir))
@@ -357,9 +363,11 @@ class StudySearcher(Searcher):
         live.ray_trial_id = trial_id
         live.trial.set_user_attr("ray_trial_id", trial_id)
         self._live[trial_id] = live
-        # "replay": ASHA has already seen the epochs this run replays (under the Ray trial id
-        # of the first attempt) and must not count them twice.
-        return {**live.payload, "fault": None, "replay": True}
+        # The same study trial, so the same rung records: ASHA skips the rungs it holds.
+        self.rung_keys[trial_id] = self.trial_keys.get(
+            live.trial.number, rung_key(live.trial.number)
+        )
+        return {**live.payload, "fault": None}
 
     def _record_epoch(self, live: _LiveTrial, result: dict[str, Any]) -> None:
         if result.get("checkpoint_warning"):
@@ -407,7 +415,12 @@ class StudySearcher(Searcher):
         self._counts[stored] += 1
         if stored == TrialState.COMPLETE and value is not None and self._is_better(value):
             self._best = (value, trial.number)
-        self._note_failure(reason if stored == TrialState.FAIL else None)
+        failure = None
+        if stored == TrialState.FAIL:
+            failure = reason if state == TrialState.FAIL else "tell_failed"
+        self._note_failure(failure)
+        if self.retention is not None:
+            self._try(self.retention.trial_ended, trial.number, stored, reason)
 
     def _tell(
         self, trial: optuna.Trial, state: TrialState, value: float | None
@@ -417,8 +430,8 @@ class StudySearcher(Searcher):
         error = self._attempt_tell(trial, state, value)
         if error is None:
             return state
-        # Optuna stores the state even when the sampler's after_trial hook raises
-        # (GridSampler calls study.stop() once its grid is used up, which raises outside
+        # Optuna stores the state even when the sampler's after_trial hook raises (Optuna's
+        # GridSampler calls study.stop() once its grid is used up, which raises outside
         # optimize()): what counts is what the database holds.
         stored = self._stored_state(trial)
         if stored is not None and stored.is_finished():

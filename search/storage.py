@@ -108,7 +108,6 @@ def check_storage(url: str) -> None:
 def _refuse_foreign_tables(url: str) -> bool:
     """Refuse a database that holds tables but no Optuna study schema, before any write.
     Returns whether it holds a study database already."""
-    """Refuse a database that holds tables but no Optuna study schema, before any write."""
     path = sqlite_path(url)
     if path is not None and (not path.is_file() or path.stat().st_size == 0):
         return False  # a new or empty file: nothing there to protect

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,8 +17,6 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
     the object store (``tune.with_parameters`` puts it there once per study)."""
     torch.set_num_threads(max(1, int(config.get("cpu_threads", 1))))
     report = tune.report
-    if config.get("replay"):
-        report = _tag_replayed(report)
     if config.get("fault"):
         report = with_fault(config["fault"], report)
     try:
@@ -29,12 +26,3 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
         # last result: the driver never has to unpickle it. (Tune stops a trial with
         # SystemExit, which is not an Exception and passes through.)
         tune.report({"failure": failure_reason(error), "error": error_text(error)})
-
-
-def _tag_replayed(report: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """Mark restored epochs of a rerun: the scheduler saw them in the first attempt."""
-
-    def tagged(metrics: dict[str, Any]) -> None:
-        report({**metrics, "replay": True} if metrics.get("restored") else metrics)
-
-    return tagged

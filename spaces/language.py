@@ -256,8 +256,33 @@ class Space(BaseModel):
                 resolved[name] = values[name]
         return needed
 
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every active combination of the grid's values: a parameter whose ``when`` does not
+        hold is left out, so a conditional parameter multiplies only the configurations
+        where it exists (optimizer [sgd, adam] with a 3-value SGD-only momentum: 4 points,
+        not 6)."""
+        axes = self.grid()
+        points: list[dict[str, Any]] = [{}]
+        resolved: list[dict[str, Any]] = [{}]  # searched and fixed values, for conditions
+        for name in self.sampling_order():
+            param = self.params[name]
+            grown_points, grown_resolved = [], []
+            for point, values in zip(points, resolved, strict=True):
+                if not _active(param, values):
+                    grown_points.append(point)
+                    grown_resolved.append(values)
+                elif isinstance(param, FixedParam):
+                    grown_points.append(point)
+                    grown_resolved.append({**values, name: param.value})
+                else:
+                    for value in axes[name]:
+                        grown_points.append({**point, name: value})
+                        grown_resolved.append({**values, name: value})
+            points, resolved = grown_points, grown_resolved
+        return points
+
     def grid(self) -> dict[str, list[Any]]:
-        """Every searched parameter's values, for Optuna's GridSampler."""
+        """Every searched parameter's values (the axes of the grid)."""
         grid: dict[str, list[Any]] = {}
         for name, param in self.searched.items():
             if isinstance(param, CategoricalParam):

@@ -49,12 +49,14 @@ def test_run_studies_report(
     assert text.count("plotly.js v") == 1  # the library is embedded exactly once
     for title in (
         "Optimization history",
-        "Parameter importance",
+        "Parameter importance (ped-anova)",  # the heading of a computed importance panel
         "Parallel coordinates",
         "Learning curves",
         "Best trials",
     ):
         assert title in text
+    assert "Not computable" not in text  # the heading an importance failure gets
+    assert "the first rung: all 4 finished trials" in text
     best = study.best_trial
     assert f"<td>{best.number}</td><td>{best.value:.4f}</td>" in text
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,8 @@ def test_digits_split_is_fixed_by_its_seed() -> None:
 
 def test_cifar10_reader_on_files_in_the_standard_format(tmp_path: Path) -> None:
     folder = write_cifar10(tmp_path, per_batch=40, test_size=30)
-    splits = load_cifar10(tmp_path, val_fraction=0.1, download=False)
+    # Files of our own in the standard format: not the published ones, so verify=False.
+    splits = load_cifar10(tmp_path, val_fraction=0.1, download=False, verify=False)
     assert splits.sizes() == {"train": 180, "val": 20, "test": 30}
     assert splits.classes == tuple(CLASSES)
     assert splits.train_images.shape[1:] == (3, 32, 32)
@@ -39,11 +42,14 @@ def test_cifar10_reader_on_files_in_the_standard_format(tmp_path: Path) -> None:
     with (folder / "test_batch").open("rb") as handle:
         raw = pickle.load(handle, encoding="latin1")
     assert torch.equal(splits.test_images[0], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
-    again = load_dataset("cifar10", data_dir=tmp_path, split_seed=0, download=False)
+    again = load_dataset("cifar10", data_dir=tmp_path, split_seed=0, download=False, verify=False)
     assert torch.equal(splits.val_labels, again.val_labels)
 
 
 def test_cifar10_constants_match_torchvision() -> None:
+    published = {name: md5 for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list]}
+    published[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
+    assert published == data_module.CIFAR10_MD5
     assert CIFAR10.url == data_module.CIFAR10_URL
     assert CIFAR10.filename == data_module.CIFAR10_ARCHIVE
     assert CIFAR10.tgz_md5 == data_module.CIFAR10_ARCHIVE_MD5
@@ -68,9 +74,33 @@ def test_corrupt_batch_names_the_file(tmp_path: Path) -> None:
     folder = write_cifar10(tmp_path)
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3"):
-        load_cifar10(tmp_path, download=False)
+        load_cifar10(tmp_path, download=False, verify=False)
 
 
 def test_unknown_dataset() -> None:
     with pytest.raises(DataError, match="unknown dataset 'mnist'"):
         load_dataset("mnist")
+
+
+def test_batches_that_are_not_the_published_files_are_refused(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    with pytest.raises(DataError, match="does not match the published MD5") as error:
+        load_cifar10(tmp_path, download=False)
+    assert "data_batch_1" in str(error.value) and "dataset.verify: false" in str(error.value)
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch pwned",))
+
+
+def test_a_batch_that_would_run_code_is_refused_even_unverified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_cifar10(tmp_path)
+    with (folder / "data_batch_2").open("wb") as handle:
+        pickle.dump({"data": _RunsCode(), "labels": [0]}, handle)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="asks to build posix.system"):
+        load_cifar10(tmp_path, download=False, verify=False)
+    assert not (tmp_path / "pwned").exists()

@@ -14,6 +14,7 @@ from search.cli import main
 from search.progress import format_progress
 from search.runner import prepare_study
 from search.searcher import SearchProgress, StudySearcher
+from spaces import parse_space
 from tests import db
 from tests.drivers import write_study
 from tests.studies import tiny_study
@@ -23,7 +24,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "qmc"])
-def test_every_sampler_runs_to_its_budget(sampler: str, tmp_path: Path, study_name: str) -> None:
+def test_every_sampler_runs_to_its_budget(
+    sampler: str, tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     # More trials than start-up trials, so the model-based samplers really sample.
     study = tiny_study(
@@ -39,6 +42,30 @@ def test_every_sampler_runs_to_its_budget(sampler: str, tmp_path: Path, study_na
     assert sum(t.state in FINISHED for t in trials) == 4
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert summary.progress.finished == 4 and summary.halt_reason is None
+    said = [line for line in capsys.readouterr().out.splitlines() if "drawn independently" in line]
+    if sampler in ("cmaes", "qmc"):  # they model numeric parameters only, and say so once
+        names = "depth, optimizer, momentum"
+        assert said == [f"sampler {sampler} models numeric parameters only: {names} are drawn "
+                        "independently, at random"]  # fmt: skip
+    else:
+        assert said == []
+
+
+GRID_SPACE = {
+    "depth": 8,
+    "lr": {"type": "categorical", "choices": [0.01, 0.05]},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "momentum": {"type": "categorical", "choices": [0.8, 0.9], "when": {"optimizer": "sgd"}},
+}
+
+
+def test_the_grid_covers_active_combinations_only() -> None:
+    points = parse_space(GRID_SPACE).grid_points()
+    # lr (2) x (adam, or sgd with 2 momenta): 6 points; the product of the axes would be 8,
+    # with adam trained twice for each lr.
+    assert len(points) == 6
+    assert {"lr": 0.01, "optimizer": "adam"} in points
+    assert len({tuple(sorted(p.items())) for p in points}) == 6
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -46,29 +73,20 @@ def test_grid_ends_when_its_points_are_used_up(
     tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    study = tiny_study(
-        study_name,
-        storage,
-        tmp_path,
-        space={
-            "depth": 8,
-            "optimizer": "adam",
-            "lr": {"type": "categorical", "choices": [0.01, 0.05]},
-        },  # fmt: skip
-        sampler={"name": "grid"},
-        n_trials=5,
-    )
+    asha = {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2}
+    study = tiny_study(study_name, storage, tmp_path, space=GRID_SPACE,
+                       sampler={"name": "grid"}, n_trials=8, asha=asha)  # fmt: skip
     path = write_study(tmp_path / "grid.yaml", study)
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "the grid has 2 points" in out
-    assert "stopped: all 2 grid points ran, fewer than n_trials (5)" in out
+    assert "the grid has 6 points" in out
+    assert "stopped: all 6 grid points ran, fewer than n_trials (8)" in out
     trials = db.trials(storage, study_name)
-    assert len(trials) == 2 and all(t.state in FINISHED for t in trials)
-    assert sorted(t.params["lr"] for t in trials) == [0.01, 0.05]
+    assert len(trials) == 6 and all(t.state in FINISHED for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # no point twice
     # Running it again asks nothing: the grid is done.
     assert main(["run", str(path)]) == 0
-    assert len(db.trials(storage, study_name)) == 2
+    assert len(db.trials(storage, study_name)) == 6
 
 
 class _RaisingAfterTrial(optuna.samplers.RandomSampler):
@@ -164,3 +182,44 @@ def test_trials_this_run_is_what_ran(tmp_path: Path, study_name: str) -> None:
     summary = run_study(config, faults={0: Fault("exception", epoch=1)})
     assert summary.progress.failed == 1 and summary.progress.finished == 2
     assert summary.trials_this_run == 3  # two finished and one failed, not the target of 2
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_checkpoints_left_after_a_study_follow_the_policy(
+    tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.faults import Fault
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    asha = {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}
+    study = tiny_study(study_name, storage, tmp_path, n_trials=8, max_concurrent=1,
+                       checkpoints={"keep": 1}, asha=asha)  # fmt: skip
+    # Trial 0 is the first at every rung (never pruned): it fails, after saving epoch 1.
+    summary = run_study(parse_study(study), faults={0: Fault("exception", epoch=1)})
+    final = db.trials(storage, study_name)
+    complete = sorted((t for t in final if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.value, reverse=True)  # fmt: skip
+    assert len(complete) >= 2 and any(t.state == TrialState.FAIL for t in final)
+    on_disk = sorted(p.parent.name for p in summary.checkpoint_root.rglob("*.pt"))
+    # Exactly the best COMPLETE trial keeps last.pt (and nothing else); the other COMPLETE,
+    # the PRUNED and the FAILed trials keep nothing.
+    assert on_disk == [Path(complete[0].user_attrs["checkpoint"]).name]
+    assert all(p.name == "last.pt" for p in summary.checkpoint_root.rglob("*.pt"))
+    assert summary.checkpoint_files == 1 and summary.checkpoint_bytes > 0
+
+
+def test_importance_reads_the_rung_that_every_trial_reached() -> None:
+    from types import SimpleNamespace
+
+    from search.report import rung_epoch
+
+    def trial(state: TrialState, epochs: int) -> SimpleNamespace:
+        return SimpleNamespace(
+            state=state, intermediate_values={e: 0.5 for e in range(1, epochs + 1)}
+        )
+
+    # Eight trials pruned at epoch 1, two at 2, two ran to 4: at epoch 2 or later only the
+    # trials ASHA let through remain; epoch 1 still holds all twelve.
+    trials = [trial(TrialState.PRUNED, 1)] * 8 + [trial(TrialState.PRUNED, 2)] * 2
+    trials += [trial(TrialState.COMPLETE, 4)] * 2 + [trial(TrialState.FAIL, 3)]
+    assert rung_epoch(trials) == 1

@@ -14,6 +14,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from search import parse_study, run_study
 from search.cli import main
 from search.failures import failure_reason
 from search.progress import UnreadableTrialError, _trial_exception
@@ -205,6 +206,7 @@ def test_a_worker_death_is_recognised_by_type_and_an_unreadable_error_is_kept() 
 # Signals ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize(
     ("signal_number", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)]
 )
@@ -213,7 +215,7 @@ def test_ctrl_c_and_sigterm_exit_non_zero_with_trials_settled(
 ) -> None:
     """Ctrl-C reaches the terminal's whole process group; SIGTERM (kill PID) the driver."""
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    study = slow_study(study_name, storage, tmp_path)
+    study = slow_study(study_name, storage, tmp_path, n_trials=2)
     study_file = write_study(tmp_path / "study.yaml", study)
     driver = start_driver(study_file)
     wait_until(lambda: epoch_in_flight(storage, study_name), driver)
@@ -228,14 +230,10 @@ def test_ctrl_c_and_sigterm_exit_non_zero_with_trials_settled(
     assert TrialState.RUNNING not in [t.state for t in after]
     stopped = [t for t in after if t.user_attrs.get("stop_reason") == "interrupted"]
     assert stopped and all(t.state == TrialState.FAIL for t in stopped)
-    # The next run reruns them first and completes the study.
-    rerun = subprocess.run(
-        [os.sys.executable, "-m", "search", "run", str(study_file)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr
+    # The next run (here in the test's process) reruns them first and completes the study.
+    run_study(parse_study(study))
     final = trials(storage, study_name)
-    assert sum(t.state in FINISHED for t in final) == 3
+    assert sum(t.state in FINISHED for t in final) == 2
     assert {t.user_attrs.get("retry_of") for t in final} >= {t.number for t in stopped}
 
 
@@ -258,6 +256,9 @@ def small_disk(tmp_path: Path):  # noqa: ANN201 - a generator fixture
 def test_a_full_disk_stops_the_run_early_and_says_why(
     small_disk: Path, tmp_path: Path, study_name: str
 ) -> None:
+    # Leave ~80 KiB: room for Tune's bookkeeping, not for one epoch's checkpoint (deleting
+    # the checkpoints of failed trials frees nothing that is needed).
+    (small_disk / "filler").write_bytes(b"\0" * 120 * 1024)
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     study = tiny_study(study_name, storage, small_disk, n_trials=8, max_concurrent=1)
     study_file = write_study(tmp_path / "study.yaml", study)
@@ -325,6 +326,7 @@ class _Proxy:
             sock.close()
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_losing_the_database_mid_run_ends_in_one_line_and_resumes(
     tmp_path: Path, study_name: str
 ) -> None:
@@ -352,11 +354,7 @@ def test_losing_the_database_mid_run_ends_in_one_line_and_resumes(
         assert last.startswith("resnet-hpo: error: lost the study database"), log[-2000:]
         assert "the next `resnet-hpo run` of this study settles them" in last
         # The database itself is fine: the next run (direct URL) settles and finishes it.
-        rerun = subprocess.run(
-            [os.sys.executable, "-m", "search", "run", str(study_file), "--storage", url],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        assert rerun.returncode == 0, rerun.stderr
+        run_study(parse_study({**study, "storage": url}))
         final = trials(url, study_name)
         assert sum(t.state in FINISHED for t in final) == 3
         assert TrialState.RUNNING not in [t.state for t in final]
@@ -367,3 +365,35 @@ def test_losing_the_database_mid_run_ends_in_one_line_and_resumes(
             driver.wait(timeout=30)
         if study_name in db.study_names(url):
             db.delete_study(url, study_name)
+
+
+# Weights and settings across studies ------------------------------------------------------
+
+
+def test_weights_or_settings_from_another_split_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search import parse_study
+    from search.runner import prepare_study
+    from tests import db
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    source = parse_study(tiny_study("src", storage, tmp_path))  # split_seed 0
+    prepare_study(source, source.resolve_space(), db.storage(storage))
+    other_split = {"name": "digits", "split_seed": 1}
+    fixed = {"width": 0.25, "device": "cpu", "pretrained": "study:src"}
+    tuned = tiny_study("ft", storage, tmp_path, dataset=other_split, fixed=fixed)
+    assert main(["run", str(write_study(tmp_path / "ft.yaml", tuned))]) == 2
+    err = _one_line_error(capsys)
+    assert "pretrained: study:src was run on another data set or split" in err
+    assert "split_seed: 0 there, 1 here" in err
+    ablation = {
+        "name": "abl", "kind": "ablation", "dataset": other_split, "storage": storage,
+        "baseline": {"from": "study:src"}, "factors": {"lr": [0.05, 0.01]}, "epochs": 1,
+        "output_dir": str(tmp_path),
+    }  # fmt: skip
+    assert main(["run", str(write_study(tmp_path / "abl.yaml", ablation))]) == 2
+    assert "baseline.from: study:src was run on another data set or split" in _one_line_error(
+        capsys
+    )
+    assert db.study_names(storage) == ["src"]  # nothing else was written

@@ -195,6 +195,7 @@ def test_study_checkpoint_fine_tunes_in_another_study(
                 "lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True},
             },
             fixed={"width": 0.25, "batch_size": 64, "device": "cpu"},
+            checkpoints={"keep_all": True},  # every trial's weights are inspected below
         )
     )
     run_study(tuned)

@@ -47,20 +47,18 @@ def test_a_woken_driver_that_lost_its_lease_stops_and_writes_nothing(
         time.sleep(LEASE_TIMEOUT_S + 1)
         second = start_driver(study_file, log=tmp_path / "second.log")
         # The second driver takes over: it settles the first one's trial as driver_lost.
+        # (Its records are complete once the trial is FAIL and its retry is queued.)
         wait_until(
-            lambda: any(
-                t.user_attrs.get("stop_reason") == "driver_lost"
-                for t in trials(storage, study_name)
-            ),
+            lambda: any("retry_of" in t.user_attrs for t in trials(storage, study_name)),
             second,
         )
         taken_over = _snapshot(storage, study_name)
         first_driver = f"{os.uname().nodename}:{first.pid}"
         first_trials = {n for n, (_, _, a) in taken_over.items() if a.get("driver") == first_driver}
         assert first_trials, "the first driver should have run a trial before the pause"
+        assert second.poll() is None, "the second driver should still be running"
         os.kill(first.pid, signal.SIGCONT)  # woken while the second driver runs
         assert first.wait(timeout=120) == 3
-        assert second.poll() is None, "the second driver should still be running"
         woke = _snapshot(storage, study_name)
         assert second.wait(timeout=300) == 0
     finally:

@@ -259,6 +259,43 @@ def test_changed_space_is_refused_then_forked(
     assert copied.intermediate_values == {1: 0.4, 2: 0.5}
 
 
+@pytest.mark.parametrize(
+    ("change", "difference"),
+    [
+        ({"asha": {"max_epochs": 6, "grace_period": 2, "reduction_factor": 2}},
+         "asha.max_epochs: 4 -> 6"),
+        ({"objective": {"metric": "val_loss"}}, "objective.metric: 'val_acc' -> 'val_loss'"),
+    ],
+)  # fmt: skip
+def test_a_fork_that_changes_more_than_the_space_reruns_instead_of_copying(
+    change: dict, difference: str, tmp_path: Path, study_name: str
+) -> None:
+    from search.resume import fork_trials
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = _study(study_name, storage, tmp_path, n_trials=2)
+    config = parse_study(study)
+    base = prepare_study(config, config.resolve_space(), db.storage(storage))
+    distributions = config.resolve_space().distributions()
+    for lr in (0.02, 0.08):
+        params = {"depth": 8, "lr": lr, "optimizer": "adam"}
+        base.add_trial(
+            optuna.trial.create_trial(
+                value=0.9, params=params, intermediate_values={2: 0.8, 4: 0.9},
+                distributions={name: distributions[name] for name in params},
+            )
+        )  # fmt: skip
+    forked = parse_study({**study, **change, "name": f"{study_name}-fork"})
+    target = prepare_study(forked, forked.resolve_space(), db.storage(storage))
+    result = fork_trials(db.load(storage, study_name), target, forked.resolve_space())
+    assert (result.copied, result.queued) == (0, 2)
+    assert difference in result.message() and "not comparable" in result.message()
+    # The old values never enter the new study: its configurations wait to run again.
+    copies = db.trials(storage, f"{study_name}-fork")
+    assert [t.state for t in copies] == [TrialState.WAITING] * 2
+    assert all(t.value is None and not t.intermediate_values for t in copies)
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_more_and_fork_from_the_cli(
     tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
@@ -285,7 +322,7 @@ def test_more_and_fork_from_the_cli(
 def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) -> None:
     import sqlalchemy as sa
 
-    from search.lease import DriverLease, LeaseHeldError
+    from search.lease import DriverLease, LeaseHeldError, pid_namespace
     from search.schema import leases
 
     engine = db.storage(storage_url).engine
@@ -333,17 +370,28 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
     plant()  # another host, fresh heartbeat: live
     with pytest.raises(LeaseHeldError):
         DriverLease(engine, study_name).acquire()
+    # A holder whose own timeout is 10 minutes beats every 100 s: 2 minutes of silence is
+    # no sign of death, whatever the newcomer's shorter timeout says.
+    plant(heartbeat=time.time() - 120, timeout_s=600.0)
+    with pytest.raises(LeaseHeldError):
+        DriverLease(engine, study_name, timeout_s=60).acquire()
     plant(heartbeat=time.time() - 600)  # another host, silent for 10 minutes: stale
     lease = DriverLease(engine, study_name, timeout_s=60).acquire()
     assert lease.took_over is not None and lease.took_over.host == "elsewhere"
     lease.release()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    plant(host=socket.gethostname(), pid=int(gone.stdout))  # this host, process gone
+    here = pid_namespace()
+    plant(host=socket.gethostname(), pid=int(gone.stdout), namespace=here)  # process gone
     lease = DriverLease(engine, study_name).acquire()
     assert lease.took_over is not None
     lease.release()
-    plant(host=socket.gethostname(), pid=os.getpid())  # this host, alive
+    plant(host=socket.gethostname(), pid=os.getpid(), namespace=here)  # this host, alive
+    with pytest.raises(LeaseHeldError):
+        DriverLease(engine, study_name).acquire()
+    # This hostname, but another PID namespace (a container on the host network): its pid
+    # means nothing here, so only its heartbeat counts, and that is fresh.
+    plant(host=socket.gethostname(), pid=int(gone.stdout), namespace="other-boot/4026531999")
     with pytest.raises(LeaseHeldError):
         DriverLease(engine, study_name).acquire()
     with engine.begin() as connection:

@@ -91,7 +91,9 @@ def test_every_trial_ends_in_an_honest_state(
         assert trial.user_attrs["config"]["epochs"] == 3
     for trial in (good, slow):
         assert trial.user_attrs["device"] == "cpu"
-        assert (Path(trial.user_attrs["checkpoint"]) / "last.pt").is_file()
+    # The checkpoint policy: the COMPLETE trial keeps its last.pt, the PRUNED one nothing.
+    assert (Path(good.user_attrs["checkpoint"]) / "last.pt").is_file()
+    assert not Path(slow.user_attrs["checkpoint"]).exists()
 
     loaded = db.load(storage_url, study_name)
     assert loaded.best_trial.number == good.number
