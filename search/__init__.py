@@ -4,13 +4,22 @@ from search.ablation_plan import AblationConfig, Arm, plan_arms
 from search.ablation_run import AblationPlan, AblationResult, analyse, run_ablation
 from search.ablation_stats import ArmRun, ArmSummary, holm, summarise
 from search.ablation_table import to_csv, to_latex, to_markdown
+from search.checkpoints import CheckpointPolicy
 from search.config import DEFAULT_STORAGE, StudyConfig, load_study_file, parse_study
-from search.errors import ConfigError, StorageError, StudyNotFoundError, UserError
+from search.errors import (
+    ConfigError,
+    RunAbortedError,
+    StorageError,
+    StudyNotFoundError,
+    UserError,
+)
 from search.faults import Fault
-from search.lease import DriverLease, LeaseHeldError
+from search.grid import GridPlan
+from search.lease import DriverLease, LeaseHeldError, LeaseLostError
 from search.report import best_trials, build_report, learning_curves, rung_epoch, write_report
 from search.resume import IncompatibleStudyError, fork_trials, recover_lost_trials
 from search.runner import RunSummary, run_study
+from search.scheduler import StudyASHA
 from search.searcher import SearchProgress, StudySearcher
 from search.storage import open_storage, open_storage_readonly
 from search.studies import StudyRow, list_studies, load_study_readonly
@@ -20,6 +29,11 @@ __all__ = [
     "AblationConfig",
     "AblationPlan",
     "AblationResult",
+    "CheckpointPolicy",
+    "GridPlan",
+    "LeaseLostError",
+    "RunAbortedError",
+    "StudyASHA",
     "Arm",
     "ArmRun",
     "ArmSummary",

@@ -10,7 +10,7 @@ from search.cli import main
 
 def test_bench_trainer_prints_both_pipelines_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "trainer", "--depth", "8", "--device", "cpu", "--batch-size", "128"]
-    assert main([*argv, "--train-images", "512", "--repeats", "2", "--json"]) == 0
+    assert main([*argv, "--train-images", "1024", "--repeats", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"ours_images_per_s", "seed_images_per_s", "ratio", "device", "depth"} <= set(result)
     assert result["ours_images_per_s"] > 0 and result["seed_images_per_s"] > 0
@@ -25,7 +25,7 @@ def test_bench_trainer_prints_both_pipelines_as_json(capsys: pytest.CaptureFixtu
 
 def test_bench_trainer_packs_trials(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "trainer", "--depth", "8", "--device", "cpu", "--trials-per-device", "2"]
-    assert main([*argv, "--train-images", "512", "--repeats", "1"]) == 0
+    assert main([*argv, "--train-images", "1024", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "ours:" in out and "seeds:" in out and "ratio:" in out
     assert "2 trial(s) on the device" in out

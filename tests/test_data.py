@@ -104,3 +104,13 @@ def test_a_batch_that_would_run_code_is_refused_even_unverified(
     with pytest.raises(DataError, match="asks to build posix.system"):
         load_cifar10(tmp_path, download=False, verify=False)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_trials_get_no_test_split() -> None:
+    data = load_digits()
+    searched = data.without_test()
+    assert searched.sizes() == {**data.sizes(), "test": 0}
+    assert torch.equal(searched.train_images, data.train_images)
+    assert torch.equal(searched.val_labels, data.val_labels)
+    # Not a view of the test storage: pickling it (Ray's object store) carries no test image.
+    assert len(pickle.dumps(searched.test_images)) < 1000
