@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The fast tier, while editing: no Ray, no driver processes, no PostgreSQL.
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
 
 format: setup
 	$(BIN)/ruff format .

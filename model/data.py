@@ -1,9 +1,9 @@
 """Data sets behind one interface: uint8 image tensors with a fixed, seeded validation split.
 
-Every loader returns :class:`DataSplits`: ``N x 3 x H x W`` uint8 images and int64 labels for
-train / validation / test. The validation split is carved from the training set with a seeded,
-stratified split, so every trial of a study sees the same split (DESIGN.md convention 9). The
-test split is kept for final reporting only; nothing in the search reads it.
+Every loader returns :class:`DataSplits`: ``N x 3 x H x W`` uint8 images and int64 labels for train
+/ validation / test. The validation split is carved from the training set with a seeded, stratified
+split, so every trial of a study sees the same split (and the test split is never used to choose
+anything). The test split is kept for final reporting only; nothing in the search reads it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
+from model.errors import DataError
+from model.settings import DATASETS
+
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -52,10 +54,6 @@ _ARRAY_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 carry bytes
 }
-
-
-class DataError(ValueError):
-    """A data set that cannot be loaded; the message says which path and what to do."""
 
 
 @dataclass(frozen=True)

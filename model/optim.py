@@ -8,8 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "nesterov", "adam", "adamw")
-SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine", "onecycle", "warmup_cosine")
+from model.settings import OPTIMIZERS, SCHEDULES
 
 
 def build_optimizer(

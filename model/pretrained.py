@@ -8,25 +8,26 @@ classifier head (``fc``) is never loaded: it is rebuilt for the data set's class
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 
 import torch
-import torchvision
 from torch import nn
 
 from model.checkpoint import load_checkpoint
+from model.errors import PretrainedError
+from model.settings import IMAGENET_DEPTHS
 
-IMAGENET = "imagenet"
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+if TYPE_CHECKING:
+    import torchvision
+
 HEAD_PREFIX = "fc."
 
 
-class PretrainedError(ValueError):
-    """Weights that cannot be found or do not fit; the message says which file and why."""
-
-
 def imagenet_weights(depth: int) -> torchvision.models.WeightsEnum:
+    # torchvision's import (~1 s) is paid only by studies that load ImageNet weights.
+    import torchvision
+
     if depth not in IMAGENET_DEPTHS:
         raise PretrainedError(
             f"pretrained: imagenet needs depth in {list(IMAGENET_DEPTHS)}, got {depth}"

@@ -13,17 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-# Depth -> blocks per stage. CIFAR depths are 6n+2 with n blocks in each of 3 stages.
-CIFAR_DEPTHS: dict[int, int] = {8: 1, 14: 2, 20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
-FOUR_STAGE_DEPTHS: dict[int, tuple[str, list[int]]] = {
-    18: ("basic", [2, 2, 2, 2]),
-    34: ("basic", [3, 4, 6, 3]),
-    50: ("bottleneck", [3, 4, 6, 3]),
-    101: ("bottleneck", [3, 4, 23, 3]),
-    152: ("bottleneck", [3, 8, 36, 3]),
-}
-SUPPORTED_DEPTHS: tuple[int, ...] = tuple(sorted({*CIFAR_DEPTHS, *FOUR_STAGE_DEPTHS}))
-STEMS: tuple[str, ...] = ("cifar", "imagenet")
+from model.settings import CIFAR_DEPTHS, FOUR_STAGE_DEPTHS, STEMS, SUPPORTED_DEPTHS
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

@@ -1,6 +1,6 @@
 """The trial loop: ``fit(config, data, report, checkpoint_dir) -> final metrics``.
 
-Pure by design (DESIGN.md convention 3): everything it needs comes in as arguments, it knows
+Pure by design: everything it needs comes in as arguments, it knows
 nothing of studies, Ray or databases, and it talks to the outside only through ``report``
 (called once per epoch) and the checkpoint folder.
 """
@@ -8,117 +8,30 @@ nothing of studies, Ray or databases, and it talks to the outside only through `
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from model.augment import AUGMENTATIONS, build_augmentation
+from model.augment import build_augmentation
 from model.checkpoint import CHECKPOINT_NAME, load_latest_good, save_atomic
 from model.data import DataSplits
 from model.device_data import on_device
+from model.errors import NonFiniteMetricError
 from model.optim import build_optimizer, build_schedule
 from model.pretrained import (
-    IMAGENET,
-    IMAGENET_DEPTHS,
     checkpoint_state_dict,
     imagenet_state_dict,
     imagenet_weights,
     load_backbone,
 )
-from model.resnet import SUPPORTED_DEPTHS, ResNet, build_resnet
+from model.resnet import ResNet, build_resnet
+from model.settings import IMAGENET, TrialConfig
 
 Report = Callable[[dict[str, Any]], None]
-# The devices a trial can train on (auto: CUDA when there is one).
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-class TrialSettings(BaseModel):
-    """Every trial setting, each validated on its own (see :class:`TrialConfig`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    depth: int = 20
-    stem: Literal["cifar", "imagenet"] = "cifar"
-    width: float = Field(1.0, gt=0)
-    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(128, ge=1)
-    schedule: Literal["constant", "step", "cosine", "onecycle", "warmup_cosine"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(10, ge=1)
-    augmentation: str = "crop_flip"
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = Field(1024, ge=1)
-    # Fine-tuning: "imagenet", a checkpoint path, or None for random initialisation.
-    pretrained: str | None = None
-    freeze_depth: int = Field(0, ge=0, le=5)
-    # Input side length fed to the network (resized on the device); None keeps the data's.
-    resolution: int | None = Field(None, ge=8, le=1024)
-    compile: bool = False
-
-    @field_validator("depth")
-    @classmethod
-    def _known_depth(cls, depth: int) -> int:
-        if depth not in SUPPORTED_DEPTHS:
-            raise ValueError(f"depth must be one of {list(SUPPORTED_DEPTHS)}")
-        return depth
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str) -> str:
-        if not DEVICE_PATTERN.fullmatch(device):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return device
-
-    @field_validator("augmentation")
-    @classmethod
-    def _known_augmentation(cls, name: str) -> str:
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}")
-        return name
-
-
-class TrialConfig(TrialSettings):
-    """Everything one trial trains with. Unknown keys are rejected, so a typo never trains,
-    and settings that only make sense together are checked together."""
-
-    @model_validator(mode="after")
-    def _fine_tuning_is_consistent(self) -> TrialConfig:
-        if self.freeze_depth and not self.pretrained:
-            raise ValueError("freeze_depth > 0 needs pretrained weights (pretrained: ...)")
-        imagenet_shaped = (
-            self.stem == "imagenet" and self.depth in IMAGENET_DEPTHS and self.width == 1
-        )
-        if self.pretrained == IMAGENET and not imagenet_shaped:
-            raise ValueError(
-                "pretrained: imagenet needs stem: imagenet, width: 1 and depth in "
-                f"{list(IMAGENET_DEPTHS)}"
-            )
-        return self
-
-
-class NonFiniteMetricError(FloatingPointError):
-    """A loss or metric became NaN/Inf; ``reason`` is ``nan@epoch N``."""
-
-    def __init__(self, epoch: int, metric: str) -> None:
-        self.epoch = epoch
-        self.metric = metric
-        self.reason = f"nan@epoch {epoch}"
-        super().__init__(f"{self.reason}: {metric} is not finite")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Survive pickling across process boundaries with the original arguments.
-        return (type(self), (self.epoch, self.metric))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,75 +1,131 @@
-"""The service: study files, SQL storage, the Ray/Optuna searcher, reports and the CLI."""
+"""The service: study files, the SQL store, the search engine, ablations, reports, the CLI.
 
-from search.ablation_plan import AblationConfig, Arm, plan_arms
-from search.ablation_run import AblationPlan, AblationResult, analyse, run_ablation
-from search.ablation_stats import ArmRun, ArmSummary, holm, summarise
-from search.ablation_table import to_csv, to_latex, to_markdown
-from search.checkpoints import CheckpointPolicy
-from search.config import DEFAULT_STORAGE, StudyConfig, load_study_file, parse_study
-from search.errors import (
-    ConfigError,
-    RunAbortedError,
-    StorageError,
-    StudyNotFoundError,
-    UserError,
+Layers, each importing only those below it: ``cli`` -> ``study_file``, ``report`` ->
+``ablation`` -> ``engine`` -> ``config``, ``store`` -> ``keys``, ``errors`` (and ``model``,
+``spaces``). Exports are imported on first use (see ``search._lazy``), so ``resnet-hpo
+--help`` loads none of torch, Ray or plotly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from search._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".ablation": (
+            "AblationConfig",
+            "AblationPlan",
+            "AblationResult",
+            "Arm",
+            "ArmRun",
+            "ArmSummary",
+            "analyse",
+            "holm",
+            "plan_arms",
+            "run_ablation",
+            "summarise",
+            "to_csv",
+            "to_latex",
+            "to_markdown",
+        ),
+        ".config": ("StudyConfig", "parse_study"),
+        ".engine": (
+            "CheckpointPolicy",
+            "Fault",
+            "GridPlan",
+            "RunPolicy",
+            "RunSummary",
+            "SearchProgress",
+            "StudyASHA",
+            "StudySearcher",
+            "TrialPayload",
+            "fork_trials",
+            "recover_lost_trials",
+            "run_study",
+        ),
+        ".errors": (
+            "ConfigError",
+            "IncompatibleStudyError",
+            "RunAbortedError",
+            "StorageError",
+            "StudyNotFoundError",
+            "UserError",
+        ),
+        ".keys": ("DEFAULT_STORAGE", "Attr", "Reason", "StudyAttr"),
+        ".report": ("best_trials", "build_report", "learning_curves", "rung_epoch", "write_report"),
+        ".store": (
+            "DriverLease",
+            "LeaseHeldError",
+            "LeaseLostError",
+            "StudyRow",
+            "list_studies",
+            "load_study_readonly",
+            "open_storage",
+            "open_storage_readonly",
+        ),
+        ".study_file": ("load_study_file", "parse_ablation"),
+    },
 )
-from search.faults import Fault
-from search.grid import GridPlan
-from search.lease import DriverLease, LeaseHeldError, LeaseLostError
-from search.report import best_trials, build_report, learning_curves, rung_epoch, write_report
-from search.resume import IncompatibleStudyError, fork_trials, recover_lost_trials
-from search.runner import RunSummary, run_study
-from search.scheduler import StudyASHA
-from search.searcher import SearchProgress, StudySearcher
-from search.storage import open_storage, open_storage_readonly
-from search.studies import StudyRow, list_studies, load_study_readonly
 
-__all__ = [
-    "DEFAULT_STORAGE",
-    "AblationConfig",
-    "AblationPlan",
-    "AblationResult",
-    "CheckpointPolicy",
-    "GridPlan",
-    "LeaseLostError",
-    "RunAbortedError",
-    "StudyASHA",
-    "Arm",
-    "ArmRun",
-    "ArmSummary",
-    "DriverLease",
-    "Fault",
-    "IncompatibleStudyError",
-    "LeaseHeldError",
-    "analyse",
-    "fork_trials",
-    "holm",
-    "plan_arms",
-    "recover_lost_trials",
-    "run_ablation",
-    "summarise",
-    "to_csv",
-    "to_latex",
-    "to_markdown",
-    "ConfigError",
-    "RunSummary",
-    "SearchProgress",
-    "StorageError",
-    "StudyConfig",
-    "StudyNotFoundError",
-    "StudyRow",
-    "StudySearcher",
-    "UserError",
-    "best_trials",
-    "build_report",
-    "learning_curves",
-    "list_studies",
-    "load_study_file",
-    "load_study_readonly",
-    "open_storage",
-    "open_storage_readonly",
-    "parse_study",
-    "run_study",
-    "rung_epoch",
-    "write_report",
-]
+if TYPE_CHECKING:
+    from search.ablation import (
+        AblationConfig,
+        AblationPlan,
+        AblationResult,
+        Arm,
+        ArmRun,
+        ArmSummary,
+        analyse,
+        holm,
+        plan_arms,
+        run_ablation,
+        summarise,
+        to_csv,
+        to_latex,
+        to_markdown,
+    )
+    from search.config import StudyConfig, parse_study
+    from search.engine import (
+        CheckpointPolicy,
+        Fault,
+        GridPlan,
+        RunPolicy,
+        RunSummary,
+        SearchProgress,
+        StudyASHA,
+        StudySearcher,
+        TrialPayload,
+        fork_trials,
+        recover_lost_trials,
+        run_study,
+    )
+    from search.errors import (
+        ConfigError,
+        IncompatibleStudyError,
+        RunAbortedError,
+        StorageError,
+        StudyNotFoundError,
+        UserError,
+    )
+    from search.keys import DEFAULT_STORAGE, Attr, Reason, StudyAttr
+    from search.report import (
+        best_trials,
+        build_report,
+        learning_curves,
+        rung_epoch,
+        write_report,
+    )
+    from search.store import (
+        DriverLease,
+        LeaseHeldError,
+        LeaseLostError,
+        StudyRow,
+        list_studies,
+        load_study_readonly,
+        open_storage,
+        open_storage_readonly,
+    )
+    from search.study_file import load_study_file, parse_ablation

@@ -1,4 +1,8 @@
-"""``resnet-hpo`` / ``python -m search``: run, studies, report."""
+"""``resnet-hpo`` / ``python -m search``: run, studies, report, ablation-table, bench.
+
+Each command imports what it needs when it runs: ``--help``, ``studies`` and a bad study file
+answer without importing torch, Ray or plotly.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,28 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from model import DataError
-from search.ablation_plan import AblationConfig
-from search.config import DEFAULT_STORAGE
+from model.errors import DataError
 from search.errors import UserError
-from spaces import SpaceError
+from search.keys import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from search.ablation import AblationConfig
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from search.config import load_study_file
-    from search.runner import run_study
+    from search.ablation import AblationConfig
+    from search.study_file import load_study_file
 
     config = load_study_file(args.study, {"storage": args.storage, "name": args.study_name})
     if isinstance(config, AblationConfig):
         return _run_ablation(config, args)
+    from search.engine import run_study
+
     summary = run_study(config, more=args.more, fork=args.fork)
     counts = ", ".join(f"{state} {n}" for state, n in summary.counts.items())
     progress = summary.progress
@@ -72,8 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
-    from search.ablation_run import run_ablation
-    from search.ablation_table import to_markdown
+    from search.ablation import run_ablation, to_markdown
 
     if args.more is not None:
         raise UserError("--more is for search studies; an ablation runs its plan of arms x seeds")
@@ -108,10 +115,8 @@ def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation_table(args: argparse.Namespace) -> int:
-    from search.ablation_run import analyse
-    from search.ablation_table import FORMATS
-    from search.storage import reading
-    from search.studies import load_study_readonly
+    from search.ablation import FORMATS, analyse
+    from search.store import load_study_readonly, reading
 
     with reading(args.storage):
         rows = analyse(load_study_readonly(args.study, args.storage))
@@ -120,7 +125,7 @@ def _cmd_ablation_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from search.studies import format_study_table, list_studies
+    from search.store import format_study_table, list_studies
 
     rows = list_studies(args.storage)
     print(format_study_table(rows) if rows else f"no studies in {args.storage}")
@@ -131,8 +136,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import optuna
 
     from search.report import write_report
-    from search.storage import reading
-    from search.studies import load_study_readonly
+    from search.store import load_study_readonly, reading
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with reading(args.storage):
@@ -233,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"resnet-hpo: error: {error}", file=sys.stderr)
         return error.exit_code
-    except (SpaceError, DataError) as error:
+    except DataError as error:
         print(f"resnet-hpo: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as interrupt:

@@ -10,17 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from model import DATASETS, TrialConfig
-from model.train import TrialSettings
+from model.settings import DATASETS, TrialConfig, TrialSettings
 from search.errors import ConfigError
+from search.keys import DEFAULT_STORAGE
 from spaces import FixedParam, Space, SpaceError, load_space
 from spaces.language import CategoricalParam, FloatParam, IntParam, format_validation_error
 
-DEFAULT_STORAGE = "sqlite:///runs/studies.db"
 OBJECTIVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
 # Set by the study, not searchable: the epoch budget is ASHA's max_epochs.
@@ -86,7 +84,7 @@ class AshaConfig(_Strict):
 
 
 class CheckpointsConfig(_Strict):
-    """Which trial checkpoints a study keeps (see search.checkpoints)."""
+    """Which trial checkpoints a study keeps (see search.engine._checkpoints)."""
 
     # COMPLETE trials whose last.pt stays: the best by the objective (at least 1, for
     # pretrained: study:NAME and final evaluation).
@@ -99,7 +97,23 @@ class ResourcesConfig(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
-class StudyConfig(_Strict):
+class RunSettings(_Strict):
+    """How a study runs, the same for a search and an ablation."""
+
+    max_concurrent: int = Field(1, ge=1)
+    # A trial whose worker process dies is run again from its checkpoint this many times.
+    max_failures: int = Field(2, ge=0)
+    resources: ResourcesConfig = ResourcesConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
+    storage: str = DEFAULT_STORAGE
+    output_dir: str = "runs"
+    # A driver silent for this long loses its lease to the next driver of the study.
+    lease_timeout_s: float = Field(60.0, ge=1)
+    # Where the study file lives; relative space paths are looked up there first.
+    source: str | None = Field(None, exclude=True)
+
+
+class StudyConfig(RunSettings):
     name: str = Field(min_length=1)
     kind: Literal["search"] = "search"
     dataset: DatasetConfig = DatasetConfig()
@@ -109,20 +123,9 @@ class StudyConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     asha: AshaConfig
     n_trials: int = Field(ge=1)
-    max_concurrent: int = Field(1, ge=1)
-    # A trial whose worker process dies is run again from its checkpoint this many times.
-    max_failures: int = Field(2, ge=0)
     # The run stops proposing trials after this many FAIL in one run (default: n_trials,
     # at least 10).
     max_failed_trials: int | None = Field(None, ge=1)
-    resources: ResourcesConfig = ResourcesConfig()
-    checkpoints: CheckpointsConfig = CheckpointsConfig()
-    storage: str = DEFAULT_STORAGE
-    output_dir: str = "runs"
-    # A driver silent for this long loses its lease to the next driver of the study.
-    lease_timeout_s: float = Field(60.0, ge=1)
-    # Where the study file lives; relative space paths are looked up there first.
-    source: str | None = Field(None, exclude=True)
 
     def resolve_space(self) -> Space:
         base = Path(self.source).parent if self.source else None
@@ -225,7 +228,7 @@ def check_gpu_share(devices: set[Any], resources: ResourcesConfig, source: str |
         )
 
 
-def _validated(kind: type[BaseModel], raw: dict[str, Any], source: str | None) -> Any:
+def validated(kind: type[BaseModel], raw: dict[str, Any], source: str | None) -> Any:
     """The pydantic model of a study file, or a ConfigError naming the first bad field."""
     try:
         config = kind.model_validate({**raw, "source": source})
@@ -247,7 +250,7 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
         raise ConfigError("study", "the study file must be a YAML mapping", source)
     if raw.get("kind") == "ablation":
         raise ConfigError("kind", "an ablation study: read it with load_study_file", source)
-    config = _validated(StudyConfig, raw, source)
+    config = validated(StudyConfig, raw, source)
     space = config.resolve_space()
     _check_against_trial_config(config, space)
     devices = {config.fixed.get("device"), *space.listed_values("device")}
@@ -260,32 +263,3 @@ def parse_study(raw: Any, source: str | None = None) -> StudyConfig:
                 error.path, f"sampler.name is grid: {error.message}", source
             ) from None
     return config
-
-
-def parse_ablation(raw: dict[str, Any], source: str | None = None) -> Any:
-    """Validate a ``kind: ablation`` study file (see :mod:`search.ablation_plan`)."""
-    from search.ablation_plan import AblationConfig
-    from search.ablation_run import validate_ablation
-
-    config = _validated(AblationConfig, raw, source)
-    validate_ablation(config)
-    return config
-
-
-def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
-    """Read and validate a study file (a search, or an ablation when ``kind: ablation``);
-    ``overrides`` (e.g. from CLI flags) win over the file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("study", f"no study file at {path}") from None
-    except OSError as error:
-        raise ConfigError("study", f"cannot read {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError("study", f"not valid YAML: {error}", str(path)) from None
-    if isinstance(raw, dict) and overrides:
-        raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    if isinstance(raw, dict) and raw.get("kind") == "ablation":
-        return parse_ablation(raw, source=str(path))
-    return parse_study(raw, source=str(path))

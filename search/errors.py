@@ -28,6 +28,10 @@ class StudyNotFoundError(UserError):
     """A study name that is not in the storage."""
 
 
+class IncompatibleStudyError(UserError):
+    """The study in the database was run with a different set-up (space, objective, plan)."""
+
+
 class RunAbortedError(UserError):
     """The run could not go on (the study database became unreachable, a disk filled up):
     trials in flight are settled where possible, the rest by the next run."""

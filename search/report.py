@@ -22,8 +22,10 @@ import plotly
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from search.ablation import HEADER, analyse, table_cells
 from search.errors import UserError
-from search.studies import count_states
+from search.keys import Attr, StudyAttr
+from search.store._read import count_states
 
 STATE_COLOURS = {
     "COMPLETE": "#2ca02c",
@@ -97,8 +99,8 @@ def best_trials(study: optuna.Study, limit: int = 10) -> list[dict[str, Any]]:
         {
             "number": t.number,
             "value": t.value,
-            "epochs": t.user_attrs.get("epochs_done"),
-            "seconds": t.user_attrs.get("wall_seconds"),
+            "epochs": t.user_attrs.get(Attr.EPOCHS_DONE),
+            "seconds": t.user_attrs.get(Attr.WALL_SECONDS),
             "params": dict(t.params),
         }
         for t in complete[:limit]
@@ -132,6 +134,7 @@ def learning_curve_figure(curves: list[Curve], metric: str) -> go.Figure:
 
 
 def _importance_figure(view: optuna.Study, importance: Importance, title: str) -> go.Figure:
+    # Imported here: fANOVA's module pulls in scikit-learn (~1 s), needed only for this figure.
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
     evaluator = (
@@ -183,8 +186,8 @@ def arm_curves(trials: list[FrozenTrial]) -> list[ArmCurve]:
     """Per arm of an ablation: the per-epoch mean and mean +/- std over its seeds."""
     by_arm: dict[str, list[FrozenTrial]] = {}
     for trial in trials:
-        if "arm" in trial.user_attrs and trial.state == TrialState.COMPLETE:
-            by_arm.setdefault(trial.user_attrs["arm"], []).append(trial)
+        if Attr.ARM in trial.user_attrs and trial.state == TrialState.COMPLETE:
+            by_arm.setdefault(trial.user_attrs[Attr.ARM], []).append(trial)
     curves = []
     for arm, members in by_arm.items():
         epochs = sorted({e for t in members for e in t.intermediate_values})
@@ -272,8 +275,6 @@ def forest_figure(rows: list[Any], metric: str) -> go.Figure:
 
 
 def _ablation_table_html(rows: list[Any]) -> str:
-    from search.ablation_table import HEADER, table_cells
-
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row)) + "</tr>"
@@ -283,8 +284,6 @@ def _ablation_table_html(rows: list[Any]) -> str:
 
 
 def _ablation_figures(study: optuna.Study, metric: str) -> list[tuple[str, go.Figure | str]]:
-    from search.ablation_run import analyse
-
     rows = analyse(study)
     return [
         ("Ablation table", _ablation_table_html(rows)),
@@ -327,17 +326,17 @@ def _search_figures(
 def build_report(study: optuna.Study, importance: Importance = "ped-anova") -> str:
     """The whole report as one HTML string (plotly.js embedded once, opens offline)."""
     trials = study.get_trials(deepcopy=False)
-    study_file = study.user_attrs.get("study_file", {})
+    study_file = study.user_attrs.get(StudyAttr.STUDY_FILE, {})
     metric = study_file.get("objective", {}).get("metric", "objective")
     counts = {k: v for k, v in count_states(trials).items() if v}
     figures: list[tuple[str, go.Figure | str]] = []
-    if "ablation" in study.user_attrs:
+    if StudyAttr.ABLATION in study.user_attrs:
         # An ablation is no search: history, importance and best trials would rank seeds.
         figures += _ablation_figures(study, metric)
     else:
         figures += _search_figures(study, trials, metric, importance)
     figures.append(("Learning curves", learning_curve_figure(learning_curves(trials), metric)))
-    if "ablation" not in study.user_attrs:
+    if StudyAttr.ABLATION not in study.user_attrs:
         figures.append(("Best trials", _table(best_trials(study), metric)))
 
     parts = []

@@ -62,6 +62,8 @@ def connection_guard(
     """Every test: sample PostgreSQL connections while it runs; fail it if the peak exceeds
     2 per driver it started plus the test process's allowance, or if it leaves any open."""
     drivers.started = 0
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("ray_session")  # the drivers it starts join the session's Ray
     if guard_engine is None or request.node.get_closest_marker("no_connection_guard"):
         yield
         db.close_all()
@@ -77,19 +79,36 @@ def connection_guard(
     if left > guard.at_start:
         raise AssertionError(
             f"{left - guard.at_start} PostgreSQL connections this test opened are still open "
-            "after it: close storages (search.storage.close_storage) when done"
+            "after it: close storages (search.store._open.close_storage) when done"
         )
 
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """Ray starts once per test session (~4 s); every run_study call reuses it."""
+    """Ray starts once per test session (~4 s); every run_study call reuses it, and the driver
+    processes the tests start join it through ``RAY_ADDRESS`` (``ray.init()`` in a driver
+    joins the cluster that variable names) instead of starting their own."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    context = ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+    )
+    os.environ["RAY_ADDRESS"] = context.address_info["address"]
     yield
+    os.environ.pop("RAY_ADDRESS", None)
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier: real Ray, driver processes, signals, PostgreSQL. Tests that use the
+    session's Ray or PostgreSQL are marked here; driver-process tests are marked where they
+    are written. ``pytest -m "not slow"`` (``make test-fast``) runs the rest."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and "postgresql" in callspec.id
+        if "ray_session" in item.fixturenames or on_postgres:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

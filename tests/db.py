@@ -10,7 +10,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.storage import close_readonly_storages, close_storage, open_storage
+from search.store import close_readonly_storages, close_storage, open_storage
 
 _storages: dict[str, optuna.storages.RDBStorage] = {}
 

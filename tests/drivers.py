@@ -25,12 +25,21 @@ def write_study(path: Path, study: dict) -> Path:
     return path
 
 
-def start_driver(study_file: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
-    """``python -m search run STUDY`` in a new session, so the whole group can be killed."""
+def start_driver(
+    study_file: Path, *extra: str, log: Path | None = None, own_ray: bool = False
+) -> subprocess.Popen:
+    """``python -m search run STUDY`` in a new session, so the whole group can be killed.
+
+    The driver joins the test session's Ray (``RAY_ADDRESS``, set by the ``ray_session``
+    fixture) instead of starting its own, unless ``own_ray``: a driver that is paused while
+    another runs needs a cluster of its own, or its idle trials would hold the CPUs the
+    other driver waits for."""
     global started
     started += 1
     log = log or study_file.with_suffix(".log")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if own_ray:
+        env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
         [sys.executable, "-m", "search", "run", str(study_file), *extra],
         stdout=log.open("w"),

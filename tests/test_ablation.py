@@ -10,13 +10,14 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from search.ablation_plan import AblationConfig, plan_arms, seeds_for
-from search.ablation_run import run_ablation
-from search.ablation_stats import ArmRun, holm, mean_interval, summarise
-from search.ablation_table import CSV_COLUMNS
+from search.ablation import AblationConfig, ArmRun, holm, plan_arms, run_ablation, summarise
+from search.ablation._design import seeds_for
+from search.ablation._stats import mean_interval
+from search.ablation._table import CSV_COLUMNS
 from search.cli import main
-from search.config import ConfigError, load_study_file
+from search.errors import ConfigError
 from search.report import build_report
+from search.study_file import load_study_file
 from tests import db
 from tests.drivers import kill_driver, start_driver, trials, wait_until, write_study
 
@@ -176,6 +177,7 @@ def test_sequential_seeds_stop_when_settled(tmp_path: Path, study_name: str) -> 
     assert rows["baseline"].n == 3  # the baseline runs every seed any arm runs
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_interrupted_ablation_resumes_without_rerunning_cells(
     tmp_path: Path, study_name: str
@@ -304,9 +306,9 @@ def test_pairs_over_the_seeds_both_ran() -> None:
 
 
 def test_a_cell_lost_before_it_started_is_queued_again(tmp_path: Path) -> None:
-    from search.ablation_plan import engine_config
-    from search.ablation_run import AblationPlan, resolve_baseline
-    from search.runner import prepare_study
+    from search.ablation import AblationPlan, resolve_baseline
+    from search.ablation._design import engine_config
+    from search.engine import prepare_study
 
     config = _config("lost", f"sqlite:///{tmp_path / 'lost.db'}", tmp_path)
     baseline = resolve_baseline(config)

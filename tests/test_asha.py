@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.schedulers import TrialScheduler
 
 from search import parse_study, run_study
-from search.scheduler import StudyASHA, rung_key, rung_keys_of
+from search.engine._asha import RungLedger, StudyASHA, rung_key, rung_keys_of
 from tests import db
 from tests.drivers import (
     epoch_in_flight,
@@ -35,8 +35,8 @@ class _Trial:
 
 def _scheduler(history: list, keys: dict) -> StudyASHA:
     scheduler = StudyASHA(
-        stopped_early=set(), keys=keys, history=history, direction="max",
-        time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2,
+        ledger=RungLedger(ray_keys=keys), history=history, direction="max",
+        max_epochs=4, grace_period=1, reduction_factor=2,
     )  # fmt: skip
     scheduler.set_search_properties("val_acc", "max")
     return scheduler
@@ -54,7 +54,7 @@ def test_rungs_are_rebuilt_from_the_study_and_a_retry_inherits_them() -> None:
     assert scheduler.on_trial_result(None, _Trial("ray-a"), {"epoch": 1, "val_acc": 0.35}) == (
         TrialScheduler.STOP
     )
-    assert "ray-a" in scheduler.stopped_early
+    assert "ray-a" in scheduler.ledger.stopped_early
 
     # A retry of trial 0 (new Ray id, same study key) replays epochs 1 and 2: nothing is
     # recorded twice and nothing is decided again; epoch 3 is no rung, so no decision there.
@@ -126,6 +126,7 @@ def test_more_decides_from_the_rungs_of_the_earlier_run(tmp_path: Path, study_na
     assert check_every_decision(final) >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_a_killed_and_resumed_study_decides_as_one_run(tmp_path: Path, study_name: str) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"

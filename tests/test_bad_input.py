@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from search import ConfigError, parse_study
 from search.cli import main
-from search.schema import meta
-from search.storage import open_storage
+from search.store._open import open_storage
+from search.store._schema import meta
 from spaces import SpaceError, parse_space
 from tests.drivers import write_study
 from tests.studies import tiny_study

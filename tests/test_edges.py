@@ -11,9 +11,10 @@ from optuna.trial import TrialState
 
 from search import parse_study, run_study
 from search.cli import main
-from search.progress import format_progress
-from search.runner import prepare_study
-from search.searcher import SearchProgress, StudySearcher
+from search.engine import RunPolicy, SearchProgress, StudySearcher, prepare_study
+from search.engine._asha import RungLedger
+from search.engine._payload import TrialFactory
+from search.engine._progress import format_progress
 from spaces import parse_space
 from tests import db
 from tests.drivers import write_study
@@ -104,13 +105,9 @@ def _searcher(tmp_path: Path, study_name: str, target: int) -> StudySearcher:
     return StudySearcher(
         study,
         config.resolve_space(),
-        config.trial_defaults(),
-        metric="val_acc",
-        mode="max",
-        max_epochs=2,
-        checkpoint_root=tmp_path / "checkpoints",
-        asha_stopped=set(),
-        target_finished=target,
+        RunPolicy(metric="val_acc", mode="max", max_epochs=2, target_finished=target),
+        TrialFactory(config.trial_defaults(), checkpoint_root=tmp_path / "checkpoints"),
+        RungLedger(),
     )
 
 
@@ -174,7 +171,7 @@ def test_the_progress_line_counts_failures_apart() -> None:
 
 @pytest.mark.usefixtures("ray_session")
 def test_trials_this_run_is_what_ran(tmp_path: Path, study_name: str) -> None:
-    from search.faults import Fault
+    from search.engine import Fault
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     no_pruning = {"max_epochs": 1, "enabled": False}
@@ -188,7 +185,7 @@ def test_trials_this_run_is_what_ran(tmp_path: Path, study_name: str) -> None:
 def test_checkpoints_left_after_a_study_follow_the_policy(
     tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from search.faults import Fault
+    from search.engine import Fault
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     asha = {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}

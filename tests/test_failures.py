@@ -12,8 +12,8 @@ from ray.exceptions import RayTaskError
 
 from model import NonFiniteMetricError
 from search import parse_study, run_study
-from search.failures import error_text, failure_reason
-from search.faults import Fault
+from search.engine import Fault
+from search.engine._failures import error_text, failure_reason
 from tests import db
 from tests.studies import tiny_study
 

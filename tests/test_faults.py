@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 
 from search import parse_study, run_study
 from search.cli import main
-from search.failures import failure_reason
-from search.progress import UnreadableTrialError, _trial_exception
-from search.searcher import WORKER_DIED
+from search.engine._failures import failure_reason
+from search.engine._progress import UnreadableTrialError, _trial_exception
+from search.keys import Reason
 from tests.drivers import (
     FINISHED,
     epoch_in_flight,
@@ -196,7 +196,7 @@ class _Trial:
 def test_a_worker_death_is_recognised_by_type_and_an_unreadable_error_is_kept() -> None:
     from ray.exceptions import RayActorError
 
-    assert failure_reason(_trial_exception(_Trial(RayActorError()))) == WORKER_DIED
+    assert failure_reason(_trial_exception(_Trial(RayActorError()))) == Reason.WORKER_DIED
     unreadable = _trial_exception(_Trial(broken=True, text="Traceback ... ValueError: boom"))
     assert isinstance(unreadable, UnreadableTrialError)
     assert "Ran out of input" in str(unreadable) and "ValueError: boom" in str(unreadable)
@@ -206,6 +206,7 @@ def test_a_worker_death_is_recognised_by_type_and_an_unreadable_error_is_kept() 
 # Signals ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize(
     ("signal_number", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)]
@@ -253,6 +254,7 @@ def small_disk(tmp_path: Path):  # noqa: ANN201 - a generator fixture
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_early_and_says_why(
     small_disk: Path, tmp_path: Path, study_name: str
 ) -> None:
@@ -326,6 +328,7 @@ class _Proxy:
             sock.close()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_losing_the_database_mid_run_ends_in_one_line_and_resumes(
     tmp_path: Path, study_name: str
@@ -374,7 +377,7 @@ def test_weights_or_settings_from_another_split_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from search import parse_study
-    from search.runner import prepare_study
+    from search.engine._run import prepare_study
     from tests import db
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"

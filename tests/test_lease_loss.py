@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from tests.drivers import (
@@ -18,6 +19,9 @@ from tests.drivers import (
     write_study,
 )
 from tests.studies import slow_study
+
+# Driver processes, one of them paused: the slow tier.
+pytestmark = pytest.mark.slow
 
 LEASE_TIMEOUT_S = 3.0
 N_TRIALS = 5
@@ -38,7 +42,7 @@ def test_a_woken_driver_that_lost_its_lease_stops_and_writes_nothing(
         study_name, storage, tmp_path, n_trials=N_TRIALS, lease_timeout_s=LEASE_TIMEOUT_S
     )
     study_file = write_study(tmp_path / "study.yaml", study)
-    first = start_driver(study_file, log=tmp_path / "first.log")
+    first = start_driver(study_file, log=tmp_path / "first.log", own_ray=True)
     second = None
     try:
         wait_until(lambda: epoch_in_flight(storage, study_name), first)

@@ -11,21 +11,25 @@ from pathlib import Path
 
 import pytest
 
-from search.schema import SCHEMA_VERSION
-from search.storage import close_storage, open_storage
+from search.store._open import close_storage, open_storage
+from search.store._schema import SCHEMA_VERSION
+
+# Processes in other PID namespaces: the slow tier.
+pytestmark = pytest.mark.slow
 
 HOLD = """
 import sys, time
-from search.lease import DriverLease
-from search.storage import open_storage
+from search.store._lease import DriverLease
+from search.store._open import open_storage
 lease = DriverLease(open_storage(sys.argv[1]).engine, "shared-study", timeout_s=60).acquire()
 print("holding", flush=True)
 time.sleep(60)
 """
 TAKE = """
 import sys
-from search.lease import DriverLease, LeaseHeldError
-from search.storage import open_storage
+from search.store._lease import DriverLease, LeaseHeldError
+from search.store._open import open_storage
+
 try:
     DriverLease(open_storage(sys.argv[1]).engine, "shared-study", timeout_s=60).acquire()
 except LeaseHeldError as error:

@@ -204,6 +204,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> No
     assert "starts from epoch 1" in again[0]["checkpoint_warning"]
 
 
+@pytest.mark.slow
 def test_compiled_training_runs_and_learns() -> None:
     reports: list[dict] = []
     config = {**TINY, "depth": 8, "epochs": 2, "lr": 0.05, "compile": True}

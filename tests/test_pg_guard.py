@@ -12,6 +12,9 @@ from tests import db
 from tests.conftest import postgres_url
 from tests.pg_guard import TEST_PROCESS_ALLOWANCE, ConnectionGuard, ConnectionLeakError
 
+# PostgreSQL: the slow tier.
+pytestmark = pytest.mark.slow
+
 POLLS = 40
 
 

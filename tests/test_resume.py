@@ -18,8 +18,7 @@ from optuna.trial import TrialState
 from model import TrialConfig, fit, load_digits
 from search import parse_study, run_study
 from search.cli import main
-from search.faults import Fault
-from search.runner import prepare_study
+from search.engine import Fault, prepare_study
 from tests import db
 from tests.drivers import (
     epoch_in_flight,
@@ -63,6 +62,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
 def test_sigkilled_driver_resumes_without_losing_or_repeating(
@@ -109,6 +109,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating(
     assert summary.counts.get("RUNNING") is None
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_resume_is_bit_exact_on_cpu(tmp_path: Path, study_name: str) -> None:
     """8 epochs straight == 2+ epochs, SIGKILL of the driver, resume from the checkpoint."""
@@ -178,6 +179,7 @@ def test_without_retries_a_killed_worker_fails_its_trial(tmp_path: Path, study_n
     assert [t.state for t in final[1:]] == [TrialState.COMPLETE] * 2
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_second_driver_is_refused_while_the_first_lives(
     tmp_path: Path, study_name: str, capsys: pytest.CaptureFixture[str]
@@ -194,7 +196,7 @@ def test_second_driver_is_refused_while_the_first_lives(
         assert "is being run by another driver" in err and socket.gethostname() in err
         assert f"pid {driver.pid} " in err  # the live holder is named ...
         # The refused driver (this process) wrote no trial; the live one may have added some.
-        from search.searcher import DRIVER_ID
+        from search.engine._searcher import DRIVER_ID
 
         after = trials(storage, study_name)
         assert len(after) >= count
@@ -250,7 +252,7 @@ def test_changed_space_is_refused_then_forked(
     target = prepare_study(
         target_config, target_config.resolve_space(), db.storage(target_config.storage)
     )
-    from search.resume import fork_trials
+    from search.engine import fork_trials
 
     assert fork_trials(source, target, target_config.resolve_space()).copied == 1
     copied = target.trials[0]
@@ -270,7 +272,7 @@ def test_changed_space_is_refused_then_forked(
 def test_a_fork_that_changes_more_than_the_space_reruns_instead_of_copying(
     change: dict, difference: str, tmp_path: Path, study_name: str
 ) -> None:
-    from search.resume import fork_trials
+    from search.engine import fork_trials
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     study = _study(study_name, storage, tmp_path, n_trials=2)
@@ -319,11 +321,13 @@ def test_more_and_fork_from_the_cli(
     assert "exists already" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) -> None:
     import sqlalchemy as sa
 
-    from search.lease import DriverLease, LeaseHeldError, pid_namespace
-    from search.schema import leases
+    from search.store import DriverLease, LeaseHeldError
+    from search.store._lease import pid_namespace
+    from search.store._schema import leases
 
     engine = db.storage(storage_url).engine
     first = DriverLease(engine, study_name, timeout_s=60, heartbeat_every_s=0.1).acquire()
@@ -398,6 +402,7 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
         connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_two_drivers_on_postgres_and_a_resume_lose_nothing(tmp_path: Path, study_name: str) -> None:
     from tests.conftest import postgres_url

@@ -9,7 +9,7 @@ import torch
 from optuna.trial import TrialState
 
 from search import parse_study, run_study
-from search.runner import prepare_study
+from search.engine import prepare_study
 from tests import db
 from tests.studies import tiny_study
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from search.ablation_null import simulate_null
-from search.ablation_stats import (
+from search.ablation._stats import (
     CANNOT_TELL,
     MIN_SIGN_TEST_SEEDS,
     SIGN_TEST,
@@ -20,6 +19,7 @@ from search.ablation_stats import (
     mean_interval,
     summarise,
 )
+from search.ablation.null import simulate_null
 
 
 def _runs(arm: str, values: list[float], first_seed: int = 0) -> list[ArmRun]:

@@ -12,35 +12,42 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import optuna
+import ray
 import sqlalchemy
 from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
 from model import DataSplits, load_dataset
-from search.checkpoints import CheckpointPolicy, folder_size
 from search.config import SamplerConfig, StudyConfig
+from search.engine._asha import RungLedger, StudyASHA, study_history
+from search.engine._checkpoints import CheckpointPolicy, folder_size
+from search.engine._faults import Fault
+from search.engine._grid import GridPlan
+from search.engine._interrupts import InterruptWatch
+from search.engine._payload import TrialFactory
+from search.engine._policy import RunPolicy
+from search.engine._preflight import check_output_dir, check_pretrained_files, check_resources
+from search.engine._progress import FailureRecorder, ProgressView
+from search.engine._recovery import check_compatible, fork_trials, recover_lost_trials
+from search.engine._searcher import QueuePlan, SearchProgress, StudySearcher
+from search.engine._trainable import train_trial
 from search.errors import RunAbortedError, StudyNotFoundError, UserError
-from search.faults import Fault
-from search.grid import GridPlan
-from search.interrupts import InterruptWatch
-from search.lease import DriverLease, LeaseLostError
-from search.preflight import check_output_dir, check_pretrained_files, check_resources
-from search.pretrained import resolve_references, study_references
-from search.progress import FailureRecorder, ProgressView
-from search.provenance import git_sha, host, package_version
-from search.resume import check_compatible, fork_trials, recover_lost_trials
-from search.scheduler import StudyASHA, rung_keys_of, study_history
-from search.searcher import SearchProgress, StudySearcher
-from search.storage import (
+from search.keys import StudyAttr
+from search.store._lease import DriverLease, LeaseLostError
+from search.store._open import (
     check_storage,
     close_readonly_storages,
     close_storage,
     open_storage,
 )
-from search.studies import count_states
+from search.store._provenance import git_sha, host, package_version
+from search.store._read import count_states
+from search.store._refs import resolve_references, study_references
 from spaces import Space
 
 # Our SQL study is the record; Tune's per-trial CSV/JSON/TensorBoard files would only repeat it.
@@ -50,24 +57,14 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Tune's experiment folder is not our record (the study database is), so its failure to save
 # a snapshot (a full disk) must not print a traceback; the failing trials say what happened.
 logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
-# Ctrl-C and SIGTERM are the driver's own (search.interrupts): trials are settled, exit != 0.
+# Ctrl-C and SIGTERM are the driver's own (engine._interrupts): trials are settled, exit != 0.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-# A failing trial's last result carries its failure instead of the metric (search.trainable).
+# A failing trial's last result carries its failure instead of the metric (engine._trainable).
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # What a lost or failing database raises, directly or wrapped by Optuna.
 STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
-
-
-class QueuePlan(Protocol):
-    """Decides the trials of a run by queueing them (ablations)."""
-
-    def check(self, study: optuna.Study) -> None: ...
-
-    def enqueue_missing(self, study: optuna.Study) -> int: ...
-
-    def describe(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,7 @@ def build_sampler(config: SamplerConfig, space: Space, seed: int) -> optuna.samp
             )
         if config.name == "qmc":
             return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-        # grid: every point is queued (search.grid); the sampler never chooses a value.
+        # grid: every point is queued (search.engine._grid); the sampler never chooses a value.
         return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -170,11 +167,11 @@ def prepare_study(
         check_compatible(study, resolved)
     else:
         study = optuna.create_study(storage=storage, study_name=config.name, direction=direction)
-        study.set_user_attr("study_file", resolved)
-        study.set_user_attr("uid", uuid.uuid4().hex)
-        study.set_user_attr("package_version", package_version())
-        study.set_user_attr("git_sha", git_sha())
-        study.set_user_attr("created_on_host", host())
+        study.set_user_attr(StudyAttr.STUDY_FILE, resolved)
+        study.set_user_attr(StudyAttr.UID, uuid.uuid4().hex)
+        study.set_user_attr(StudyAttr.PACKAGE_VERSION, package_version())
+        study.set_user_attr(StudyAttr.GIT_SHA, git_sha())
+        study.set_user_attr(StudyAttr.CREATED_ON_HOST, host())
     # A seed derived from the trials already there: a continued study must not replay the
     # configurations of its first run (measured: the same seed replays them exactly).
     study.sampler = build_sampler(config.sampler, space, config.sampler.seed + len(study.trials))
@@ -192,8 +189,6 @@ def _fork_target(config: StudyConfig, storage: optuna.storages.BaseStorage, fork
 
 
 def _init_ray() -> bool:
-    import ray
-
     if ray.is_initialized():
         return False
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -251,8 +246,6 @@ def run_study(
                 close_storage(storage)  # the driver's connections close now, not at collection
         finally:
             if started_ray:
-                import ray
-
                 ray.shutdown()
 
 
@@ -336,9 +329,6 @@ class _Run:
         lease: DriverLease,
         watch: InterruptWatch,
     ) -> RunSummary:
-        from ray import tune
-        from ray.tune.schedulers import FIFOScheduler
-
         config = self.config
         finished_before = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
         target = finished_before + more if more is not None else config.n_trials
@@ -348,55 +338,53 @@ class _Run:
             target = finished_before + to_run
         # The study's uid keeps two studies of one name (in two databases) out of each
         # other's checkpoint folders.
-        uid = study.user_attrs.get("uid")
+        uid = study.user_attrs.get(StudyAttr.UID)
         checkpoint_root = (
             self.output_dir / "checkpoints" / (f"{config.name}-{uid[:8]}" if uid else config.name)
         )
         metric = config.objective.metric
         mode = "max" if config.objective.resolved_direction == "maximize" else "min"
 
-        asha_stopped: set[str] = set()
         known = study.get_trials(deepcopy=False)
-        trial_keys = rung_keys_of(known)
-        rung_keys: dict[str, str] = {}
-        searcher = StudySearcher(
-            study,
-            self.space,
-            config.trial_defaults(),
+        ledger = RungLedger.of_study(known)
+        policy = RunPolicy(
             metric=metric,
             mode=mode,
             max_epochs=config.asha.max_epochs,
-            checkpoint_root=checkpoint_root,
-            asha_stopped=asha_stopped,
             target_finished=target,
             finished_before=finished_before,
             max_failed_trials=config.max_failed_trials or max(10, config.n_trials),
             max_worker_failures=config.max_failures,
+        )
+        trials = TrialFactory(
+            defaults=config.trial_defaults(),
+            checkpoint_root=checkpoint_root,
             cpu_threads=max(1, int(config.resources.cpu)),
-            pretrained_paths=self.pretrained,
-            faults=self.faults,
-            queued_only=plan is not None,
-            describe=plan.describe if plan is not None else None,
-            write_allowed=lease.still_held,
-            rung_keys=rung_keys,
-            trial_keys=trial_keys,
+            pretrained_paths=dict(self.pretrained),
+            faults=dict(self.faults or {}),
+        )
+        searcher = StudySearcher(
+            study,
+            self.space,
+            policy,
+            trials,
+            ledger,
+            plan=plan,
             retention=CheckpointPolicy(
                 study, checkpoint_root, config.checkpoints.keep, config.checkpoints.keep_all
             ),
+            write_allowed=lease.still_held,
         )
+        scheduler: TrialScheduler = FIFOScheduler()
         if config.asha.enabled:
             scheduler = StudyASHA(
-                stopped_early=asha_stopped,
-                keys=rung_keys,
-                history=study_history(known, trial_keys),
+                ledger=ledger,
+                history=study_history(known, ledger.trial_keys),
                 direction=mode,
-                time_attr="epoch",
-                max_t=config.asha.max_epochs,
+                max_epochs=config.asha.max_epochs,
                 grace_period=config.asha.grace_period,
                 reduction_factor=config.asha.reduction_factor,
             )
-        else:
-            scheduler = FIFOScheduler()
         grid = ""
         if isinstance(plan, GridPlan):
             grid = f"; the grid has {len(plan.points)} points"
@@ -410,7 +398,7 @@ class _Run:
         if to_run:
             trainable = tune.with_resources(
                 # Training and validation splits only: the search never reads the test set.
-                tune.with_parameters(_trainable(), data=self.data.without_test()),
+                tune.with_parameters(train_trial, data=self.data.without_test()),
                 {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
             )
             tuner = tune.Tuner(
@@ -509,12 +497,6 @@ def _raise_if_storage_lost(error: BaseException, storage: str) -> None:
                 "RUNNING there; the next `resnet-hpo run` of this study settles them and runs "
                 "them again from their checkpoints."
             ) from None
-
-
-def _trainable() -> Any:
-    from search.trainable import train_trial
-
-    return train_trial
 
 
 def _summarise(

@@ -8,19 +8,21 @@ import torch
 from ray import tune
 
 from model import DataSplits, fit
-from search.failures import error_text, failure_reason
-from search.faults import with_fault
+from search.engine._failures import error_text, failure_reason
+from search.engine._faults import with_fault
+from search.engine._payload import TrialPayload
 
 
 def train_trial(config: dict[str, Any], data: DataSplits) -> None:
-    """``config`` comes from :class:`search.searcher.StudySearcher.suggest`; ``data`` from
-    the object store (``tune.with_parameters`` puts it there once per study)."""
-    torch.set_num_threads(max(1, int(config.get("cpu_threads", 1))))
+    """``config`` is a :class:`TrialPayload` (from the searcher's ``suggest``); ``data`` comes
+    from the object store (``tune.with_parameters`` puts it there once per study)."""
+    payload = TrialPayload.from_config(config)
+    torch.set_num_threads(payload.cpu_threads)
     report = tune.report
-    if config.get("fault"):
-        report = with_fault(config["fault"], report)
+    if payload.fault is not None:
+        report = with_fault(payload.fault, report)
     try:
-        fit(config["trial"], data, report, config["checkpoint_dir"])
+        fit(payload.settings, data, report, payload.checkpoint_dir)
     except Exception as error:  # noqa: BLE001 - every failure is reported, by type, below
         # Classified here, where every exception class is importable, and sent as the trial's
         # last result: the driver never has to unpickle it. (Tune stops a trial with

@@ -1,8 +1,9 @@
 """A Ray Tune searcher that keeps an Optuna study in SQL storage honest.
 
-Ray's stock ``OptunaSearch`` records trials that ASHA stops as COMPLETE with their partial
-value, drops the result that triggered the stop, and leaves NaN trials RUNNING (DESIGN.md).
-This searcher runs in the Ray driver, the only process that writes the study, and records:
+Ray's stock ``OptunaSearch`` records trials that ASHA stops as COMPLETE with their partial value,
+drops the result that triggered the stop, and leaves NaN trials RUNNING (measured on Ray 2.58 with
+Optuna 5.0). This searcher runs in the Ray driver, the only process that writes the study, and
+records:
 
 * COMPLETE: the trial reached ``max_epochs``; its value is the last epoch's metric;
 * PRUNED: ASHA stopped it earlier; every epoch it ran is an intermediate value, including
@@ -10,19 +11,19 @@ This searcher runs in the Ray driver, the only process that writes the study, an
 * FAIL: it raised (reason ``nan@epoch N``, ``oom``, ``exception:Type``...) or was
   interrupted; nothing is left RUNNING once :meth:`close` has run.
 
-It also owns the budget: it proposes trials until the study holds ``target_finished``
-finished (COMPLETE + PRUNED) trials, so failures do not eat the budget; a trial whose worker
-process died is run again as the same Optuna trial, from its checkpoint, up to
-``max_worker_failures`` times; a trial queued as the retry of a lost one (``retry_of``)
-starts from the lost trial's checkpoint.
+It also owns the budget (a :class:`RunPolicy`): it proposes trials until the study holds
+``target_finished`` finished (COMPLETE + PRUNED) trials, so failures do not eat the budget; a trial
+whose worker process died is run again as the same Optuna trial, from its checkpoint, up to
+``max_worker_failures`` times; a trial queued as the retry of a lost one (``retry_of``) starts from
+the lost trial's checkpoint. With a queue plan (a grid, an ablation) it runs the queued trials and
+nothing else.
 
-Whatever a study write raises (a sampler's ``after_trial`` hook, a database error), the
-searcher's own books stay consistent: each trial is counted once, its Tune slot is released,
-and a trial whose result could not be stored is failed or left for the next run to recover.
-It writes nothing once ``write_allowed`` says the driver's lease was taken by another driver.
-It stops proposing, and says why in :attr:`halt_reason`, when the budget is reached, too many
-trials failed, the same failure repeats, the lease is lost or the run
-was interrupted.
+Whatever a study write raises (a sampler's ``after_trial`` hook, a database error), the searcher's
+own books stay consistent: each trial is counted once, its Tune slot is released, and a trial whose
+result could not be stored is failed or left for the next run to recover. It writes nothing once
+``write_allowed`` says the driver's lease was taken by another driver. It stops proposing, and says
+why in :attr:`halt_reason`, when the budget is reached, too many trials failed, the same failure
+repeats, the lease is lost or the run was interrupted.
 """
 
 from __future__ import annotations
@@ -35,31 +36,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search.checkpoints import CheckpointPolicy
-from search.failures import error_text, failure_reason
-from search.faults import Fault
-from search.resume import carry_checkpoint, clear_checkpoints
-from search.scheduler import rung_key
+from search.engine._asha import RungLedger
+from search.engine._checkpoints import CheckpointPolicy
+from search.engine._failures import error_text, failure_reason
+from search.engine._payload import TrialFactory, TrialPayload
+from search.engine._policy import RunPolicy
+from search.engine._recovery import carry_checkpoint, clear_checkpoints
+from search.keys import CONFIG_DEPENDENT_REASONS, Attr, Reason
 from spaces import Space
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FOLDER = "trial_{number:05d}"
 # Which driver process ran a trial (provenance; shows who wrote what after a lease takeover).
 DRIVER_ID = f"{socket.gethostname()}:{os.getpid()}"
-WORKER_DIED = "worker_died"
-# Failures that depend on the configuration (too large a batch, too high a learning rate)
-# rather than on the machine; they never count as "the same cause again".
-CONFIG_DEPENDENT_REASONS = ("oom", "nan@")
-# This many trials in a row failing with the same reason stop the run (a full disk, a broken
-# install, a missing file: every further trial would fail the same way).
-SAME_FAILURE_LIMIT = 3
 
 
 @dataclass
@@ -67,7 +62,7 @@ class _LiveTrial:
     trial: optuna.Trial
     ray_trial_id: str
     checkpoint_dir: Path
-    payload: dict[str, Any]
+    payload: TrialPayload
     started: float = field(default_factory=time.monotonic)
     epochs_done: int = 0
     restored_epochs: int = 0
@@ -105,54 +100,48 @@ def _never_restored() -> bool:
     return False
 
 
+class QueuePlan(Protocol):
+    """Decides the trials of a run by queueing them in the study (a grid's points, an
+    ablation's cells): the searcher then runs the queued trials and nothing else."""
+
+    def check(self, study: optuna.Study) -> None:
+        """Refuse a study whose stored plan differs, before any write."""
+        ...
+
+    def enqueue_missing(self, study: optuna.Study) -> int:
+        """Queue what no trial of the study covers yet; returns how many were queued."""
+        ...
+
+    def describe(self, params: dict[str, Any]) -> dict[str, Any]:
+        """User attributes of a queued trial with these parameters (an ablation's arm)."""
+        ...
+
+
 class StudySearcher(Searcher):
     def __init__(
         self,
         study: optuna.Study,
         space: Space,
-        trial_defaults: dict[str, Any],
+        policy: RunPolicy,
+        trials: TrialFactory,
+        ledger: RungLedger,
         *,
-        metric: str,
-        mode: str,
-        max_epochs: int,
-        checkpoint_root: Path,
-        asha_stopped: set[str],
-        target_finished: int,
-        finished_before: int = 0,
-        max_failed_trials: int | None = None,
-        max_worker_failures: int = 0,
-        cpu_threads: int = 1,
-        pretrained_paths: dict[str, str] | None = None,
-        faults: dict[int, Fault] | None = None,
-        queued_only: bool = False,
-        describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        write_allowed: Callable[[], bool] | None = None,
-        rung_keys: dict[str, str] | None = None,
-        trial_keys: dict[int, str] | None = None,
+        plan: QueuePlan | None = None,
         retention: CheckpointPolicy | None = None,
+        write_allowed: Callable[[], bool] | None = None,
     ) -> None:
-        super().__init__(metric=metric, mode=mode)
+        """``ledger`` is shared with ASHA; ``write_allowed`` says whether the driver still
+        holds the study's lease (checked before each write); ``retention`` deletes the
+        checkpoints a trial's end makes useless."""
+        super().__init__(metric=policy.metric, mode=policy.mode)
         self.study = study
         self.space = space
-        self.trial_defaults = dict(trial_defaults)
-        self.max_epochs = max_epochs
-        self.checkpoint_root = checkpoint_root
-        self.asha_stopped = asha_stopped
-        self.target_finished = target_finished
-        self.finished_before = finished_before
-        self.max_failed_trials = max_failed_trials
-        self.max_worker_failures = max_worker_failures
-        self.cpu_threads = cpu_threads
-        self.pretrained_paths = dict(pretrained_paths or {})
-        self.faults = dict(faults or {})
-        self.queued_only = queued_only
-        self.describe = describe
-        self.write_allowed = write_allowed or (lambda: True)
-        # ASHA's rung key of each running Ray trial (shared with the scheduler), and of each
-        # study trial: a retry of a lost trial takes the key of the trial it retries.
-        self.rung_keys = rung_keys if rung_keys is not None else {}
-        self.trial_keys = trial_keys if trial_keys is not None else {}
+        self.policy = policy
+        self.trials = trials
+        self.ledger = ledger
+        self.plan = plan
         self.retention = retention
+        self.write_allowed = write_allowed or (lambda: True)
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._retry_queue: list[_LiveTrial] = []
@@ -183,13 +172,15 @@ class StudySearcher(Searcher):
         pending = bool(self._live or self._awaiting_error)
         if not self._may_write():
             return None if pending else Searcher.FINISHED
-        interrupted = self.halt_reason is not None and self.halt_reason.startswith("interrupted")
+        interrupted = self.halt_reason is not None and self.halt_reason.startswith(
+            Reason.INTERRUPTED
+        )
         if self._retry_queue and not interrupted:
             return self._resume_same_trial(trial_id, self._retry_queue.pop(0))
-        if self._done_proposing() or (self.queued_only and not self._has_queued()):
+        if self._done_proposing() or (self.plan is not None and not self._has_queued()):
             return None if pending else Searcher.FINISHED
         if self._finished_total() + len(self._live) + len(self._awaiting_error) >= (
-            self.target_finished
+            self.policy.target_finished
         ):
             return None  # enough trials under way; wait for them before proposing more
         return self._start_new_trial(trial_id)
@@ -211,18 +202,18 @@ class StudySearcher(Searcher):
             self._awaiting_error[trial_id] = live
             return
         if result and result.get("failure"):
-            live.trial.set_user_attr("error", str(result.get("error", "")))
+            live.trial.set_user_attr(Attr.ERROR, str(result.get("error", "")))
             self._finish(live, TrialState.FAIL, str(result["failure"]))
             return
         if result:
             self._record_epoch(live, result)
-        if live.epochs_done >= self.max_epochs and live.last_value is not None:
-            self._finish(live, TrialState.COMPLETE, "completed", value=live.last_value)
-        elif trial_id in self.asha_stopped and live.epochs_done > 0:
-            self._finish(live, TrialState.PRUNED, "asha")
+        if live.epochs_done >= self.policy.max_epochs and live.last_value is not None:
+            self._finish(live, TrialState.COMPLETE, Reason.COMPLETED, value=live.last_value)
+        elif trial_id in self.ledger.stopped_early and live.epochs_done > 0:
+            self._finish(live, TrialState.PRUNED, Reason.ASHA)
         else:
-            live.trial.set_user_attr("error", "stopped before its epoch budget, not by ASHA")
-            self._finish(live, TrialState.FAIL, "interrupted")
+            live.trial.set_user_attr(Attr.ERROR, "stopped before its epoch budget, not by ASHA")
+            self._finish(live, TrialState.FAIL, Reason.INTERRUPTED)
 
     # Called by the driver ----------------------------------------------------------------
 
@@ -233,12 +224,12 @@ class StudySearcher(Searcher):
         if live is None or not self._may_write():
             return
         reason = failure_reason(error)
-        if reason == WORKER_DIED and live.worker_failures < self.max_worker_failures:
+        if reason == Reason.WORKER_DIED and live.worker_failures < self.policy.max_worker_failures:
             live.worker_failures += 1
-            live.trial.set_user_attr("worker_failures", live.worker_failures)
+            live.trial.set_user_attr(Attr.WORKER_FAILURES, live.worker_failures)
             self._retry_queue.append(live)
             return
-        live.trial.set_user_attr("error", error_text(error))
+        live.trial.set_user_attr(Attr.ERROR, error_text(error))
         self._finish(live, TrialState.FAIL, reason)
 
     def halt(self, reason: str) -> None:
@@ -260,12 +251,12 @@ class StudySearcher(Searcher):
         for trial_id in list(self._awaiting_error):
             self.record_failure(trial_id, None)
         for live in [*self._live.values(), *self._retry_queue]:
-            self._try(live.trial.set_user_attr, "error", "the driver ended before it finished")
-            self._finish(live, TrialState.FAIL, "interrupted")
+            self._try(live.trial.set_user_attr, Attr.ERROR, "the driver ended before it finished")
+            self._finish(live, TrialState.FAIL, Reason.INTERRUPTED)
         self._live.clear()
         self._retry_queue.clear()
         for trial in list(self._open.values()):
-            self._try(trial.set_user_attr, "stop_reason", "interrupted")
+            self._try(trial.set_user_attr, Attr.STOP_REASON, Reason.INTERRUPTED)
             self._try(self.study.tell, trial, state=TrialState.FAIL)
             self._open.pop(trial.number, None)
 
@@ -284,7 +275,7 @@ class StudySearcher(Searcher):
 
     def _finished_total(self) -> int:
         return (
-            self.finished_before
+            self.policy.finished_before
             + self._counts[TrialState.COMPLETE]
             + self._counts[TrialState.PRUNED]
         )
@@ -304,10 +295,11 @@ class StudySearcher(Searcher):
     def _done_proposing(self) -> bool:
         if self.halt_reason is not None:
             return True
-        if self._finished_total() >= self.target_finished:
+        if self._finished_total() >= self.policy.target_finished:
             return True
         failed = self._counts[TrialState.FAIL]
-        if self.max_failed_trials is not None and failed >= self.max_failed_trials:
+        limit = self.policy.max_failed_trials
+        if limit is not None and failed >= limit:
             self.halt_reason = f"failures: {failed} trials failed in this run (max_failed_trials)"
             return True
         return False
@@ -319,40 +311,29 @@ class StudySearcher(Searcher):
         trial = self.study.ask()
         self._open[trial.number] = trial
         params = self.space.sample(trial)
-        for key, value in (self.describe(params) if self.describe else {}).items():
+        for key, value in (self.plan.describe(params) if self.plan else {}).items():
             trial.set_user_attr(key, value)
-        trial_config = {**self.trial_defaults, **params}
-        reference = trial_config.get("pretrained")
-        if reference in self.pretrained_paths:
-            # The trial gets a file path; the study keeps the readable "study:NAME".
-            trial.set_user_attr("pretrained_from", reference)
-            trial_config["pretrained"] = self.pretrained_paths[reference]
-        checkpoint_dir = self.checkpoint_root / CHECKPOINT_FOLDER.format(number=trial.number)
-        lost = trial.user_attrs.get("retry_of")
+        settings, reference = self.trials.settings(params)
+        if reference is not None:
+            trial.set_user_attr(Attr.PRETRAINED_FROM, reference)
+        payload = self.trials.payload(trial.number, settings)
+        checkpoint_dir = Path(payload.checkpoint_dir)
+        lost = trial.user_attrs.get(Attr.RETRY_OF)
         if lost is not None:
             self._carry_from(lost, checkpoint_dir)
         else:
             clear_checkpoints(checkpoint_dir)  # a new trial never continues someone else's
-        self.trial_keys[trial.number] = self.trial_keys.get(lost, rung_key(trial.number))
-        self.rung_keys[trial_id] = self.trial_keys[trial.number]
-        trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr("driver", DRIVER_ID)
-        trial.set_user_attr("checkpoint", str(checkpoint_dir))
-        trial.set_user_attr("config", trial_config)
-        fault = self.faults.get(trial.number)
-        payload = {
-            "trial": trial_config,
-            "checkpoint_dir": str(checkpoint_dir),
-            "cpu_threads": self.cpu_threads,
-            "study_trial_number": trial.number,
-            "fault": fault.as_config() if fault else None,
-        }
+        self.ledger.start(trial_id, trial.number, retry_of=lost)
+        trial.set_user_attr(Attr.RAY_TRIAL_ID, trial_id)
+        trial.set_user_attr(Attr.DRIVER, DRIVER_ID)
+        trial.set_user_attr(Attr.CHECKPOINT, str(checkpoint_dir))
+        trial.set_user_attr(Attr.CONFIG, settings)
         self._live[trial_id] = _LiveTrial(trial, trial_id, checkpoint_dir, payload)
-        return payload
+        return payload.as_config()
 
     def _carry_from(self, lost_number: int, checkpoint_dir: Path) -> None:
         lost = self.study.get_trials(deepcopy=False)[lost_number]
-        source = lost.user_attrs.get("checkpoint")
+        source = lost.user_attrs.get(Attr.CHECKPOINT)
         if source and carry_checkpoint(Path(source), checkpoint_dir):
             return
         # Nothing saved yet (lost in its first epoch): the retry starts from epoch 1.
@@ -361,19 +342,17 @@ class StudySearcher(Searcher):
         """Run a trial whose worker died again, as the same Optuna trial; ``fit`` finds its
         checkpoint and goes on from there. A fault is injected only on the first attempt."""
         live.ray_trial_id = trial_id
-        live.trial.set_user_attr("ray_trial_id", trial_id)
+        live.trial.set_user_attr(Attr.RAY_TRIAL_ID, trial_id)
         self._live[trial_id] = live
         # The same study trial, so the same rung records: ASHA skips the rungs it holds.
-        self.rung_keys[trial_id] = self.trial_keys.get(
-            live.trial.number, rung_key(live.trial.number)
-        )
-        return {**live.payload, "fault": None}
+        self.ledger.start(trial_id, live.trial.number)
+        return live.payload.without_fault().as_config()
 
     def _record_epoch(self, live: _LiveTrial, result: dict[str, Any]) -> None:
         if result.get("checkpoint_warning"):
-            live.trial.set_user_attr("checkpoint_warning", str(result["checkpoint_warning"]))
+            live.trial.set_user_attr(Attr.CHECKPOINT_WARNING, str(result["checkpoint_warning"]))
         epoch = result.get("epoch")
-        value = result.get(self.metric)
+        value = result.get(self.policy.metric)
         if result.get("restored") and isinstance(epoch, int):
             live.restored_epochs = max(live.restored_epochs, epoch)
         if not isinstance(epoch, int) or epoch <= live.epochs_done or value is None:
@@ -396,16 +375,16 @@ class StudySearcher(Searcher):
         open set whatever the study write does, so the budget and Tune's slots stay right."""
         trial = live.trial
         attributes = {
-            "epochs_done": live.epochs_done,
-            "stop_reason": reason,
-            "wall_seconds": round(time.monotonic() - live.started, 3),
+            Attr.EPOCHS_DONE: live.epochs_done,
+            Attr.STOP_REASON: reason,
+            Attr.WALL_SECONDS: round(time.monotonic() - live.started, 3),
             # Device time spent training and validating (excludes start-up and queueing).
-            "train_seconds": round(live.train_seconds, 3),
+            Attr.TRAIN_SECONDS: round(live.train_seconds, 3),
         }
         if live.restored_epochs:
-            attributes["resumed_from_epoch"] = live.restored_epochs
+            attributes[Attr.RESUMED_FROM_EPOCH] = live.restored_epochs
         if live.device is not None:
-            attributes["device"] = live.device
+            attributes[Attr.DEVICE] = live.device
         for key, attribute in attributes.items():
             self._try(trial.set_user_attr, key, attribute)
         stored = self._tell(trial, state, value)
@@ -417,7 +396,7 @@ class StudySearcher(Searcher):
             self._best = (value, trial.number)
         failure = None
         if stored == TrialState.FAIL:
-            failure = reason if state == TrialState.FAIL else "tell_failed"
+            failure = reason if state == TrialState.FAIL else Reason.TELL_FAILED
         self._note_failure(failure)
         if self.retention is not None:
             self._try(self.retention.trial_ended, trial.number, stored, reason)
@@ -439,8 +418,8 @@ class StudySearcher(Searcher):
         self.unrecorded.append(f"trial {trial.number}: {error}")
         logger.error("trial %d could not be recorded as %s: %s", trial.number, state.name, error)
         if state != TrialState.FAIL:
-            self._try(trial.set_user_attr, "error", f"recording its result failed: {error}")
-            self._try(trial.set_user_attr, "stop_reason", "tell_failed")
+            self._try(trial.set_user_attr, Attr.ERROR, f"recording its result failed: {error}")
+            self._try(trial.set_user_attr, Attr.STOP_REASON, Reason.TELL_FAILED)
             self._attempt_tell(trial, TrialState.FAIL, None)
             stored = self._stored_state(trial)
             if stored is not None and stored.is_finished():
@@ -479,17 +458,15 @@ class StudySearcher(Searcher):
         if (
             reason is None
             or reason.startswith(CONFIG_DEPENDENT_REASONS)
-            or reason in ("interrupted",)
+            or reason == Reason.INTERRUPTED
         ):
             self._same_failures = ("", 0)
             return
         last, count = self._same_failures
         count = count + 1 if reason == last else 1
         self._same_failures = (reason, count)
-        if count >= SAME_FAILURE_LIMIT and self.halt_reason is None:
+        if count >= self.policy.same_failure_limit and self.halt_reason is None:
             self.halt_reason = f"failures: {count} trials in a row failed with {reason}"
 
     def _is_better(self, value: float) -> bool:
-        if self._best is None:
-            return True
-        return value > self._best[0] if self.mode == "max" else value < self._best[0]
+        return self._best is None or self.policy.is_better(value, than=self._best[0])

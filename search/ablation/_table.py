@@ -6,7 +6,7 @@ import csv
 import io
 import math
 
-from search.ablation_stats import ArmSummary
+from search.ablation._stats import ArmSummary
 
 CSV_COLUMNS = (
     "arm",

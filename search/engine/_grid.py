@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.resume import RETRYABLE_REASONS
+from search.keys import RETRYABLE_REASONS, Attr
 
 
 def _canonical(params: dict[str, Any]) -> str:
@@ -41,7 +41,7 @@ class GridPlan:
         covered = set()
         for trial in study.get_trials(deepcopy=False):
             lost = trial.state == TrialState.FAIL and (
-                trial.user_attrs.get("stop_reason") in RETRYABLE_REASONS
+                trial.user_attrs.get(Attr.STOP_REASON) in RETRYABLE_REASONS
             )
             if lost:
                 continue  # its retry (queued by the lease holder) covers the point

@@ -14,10 +14,9 @@ from optuna.trial import TrialState
 
 from model import CHECKPOINT_NAME
 from search.errors import UserError
-from search.studies import load_study_readonly
+from search.keys import STUDY_PREFIX, Attr, StudyAttr
+from search.store._read import load_study_readonly
 from spaces import Space
-
-STUDY_PREFIX = "study:"
 
 
 def study_references(fixed: dict[str, Any], space: Space) -> set[str]:
@@ -35,7 +34,7 @@ def check_same_split(
     field: str, reference: str, source: optuna.Study, dataset: dict[str, Any]
 ) -> None:
     """Refuse ``reference`` when its study used another data set or train/validation split."""
-    theirs = (source.user_attrs.get("study_file") or {}).get("dataset") or {}
+    theirs = (source.user_attrs.get(StudyAttr.STUDY_FILE) or {}).get("dataset") or {}
     changed = [
         f"{key}: {theirs.get(key)!r} there, {dataset.get(key)!r} here"
         for key in SPLIT_FIELDS
@@ -62,7 +61,7 @@ def best_checkpoint(
     if not complete:
         raise UserError(f"pretrained: {reference}: that study has no COMPLETE trial yet")
     best = study.best_trial
-    folder = best.user_attrs.get("checkpoint")
+    folder = best.user_attrs.get(Attr.CHECKPOINT)
     path = Path(folder) / CHECKPOINT_NAME if folder else None
     if path is None or not path.is_file():
         raise UserError(

@@ -1,6 +1,6 @@
 """Fault injection for tests and drills: make a chosen trial fail the way real trials do.
 
-Faults are given to :func:`search.runner.run_study` by Optuna trial number (Python API only;
+Faults are given to :func:`search.engine._run.run_study` by Optuna trial number (Python API only;
 study files cannot ask for them). The trial actor raises, after reporting the given epoch,
 the same exception type the real failure raises, or kills its own process like the kernel's
 OOM killer would.
@@ -32,9 +32,9 @@ class Fault:
         return asdict(self)
 
 
-def with_fault(fault: dict[str, Any], report: Report) -> Report:
+def with_fault(fault: Fault, report: Report) -> Report:
     """``report``, but failing as ``fault`` says once the fault's epoch has been reported."""
-    kind, epoch = fault["kind"], int(fault["epoch"])
+    kind, epoch = fault.kind, fault.epoch
 
     def reporting(metrics: dict[str, Any]) -> None:
         report(metrics)

@@ -19,17 +19,24 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
+from model.settings import TrialConfig, TrialSettings
 from search.config import (
-    DEFAULT_STORAGE,
-    CheckpointsConfig,
+    STUDY_OWNED_FIELDS,
     DatasetConfig,
     ObjectiveConfig,
-    ResourcesConfig,
+    RunSettings,
     StudyConfig,
+    check_gpu_share,
 )
+from search.errors import ConfigError
+from search.keys import STUDY_PREFIX
+from spaces.language import format_validation_error
 
 BASELINE = "baseline"
+# baseline: {from: "study:NAME"} takes the settings of that study's best trial.
+FROM_KEY = "from"
 SEED_PARAM = "seed"
 SEED_RANGE = (0, 9_999)  # a fixed distribution, so that adding seeds keeps the space
 
@@ -44,7 +51,7 @@ class SequentialSeeds(_Strict):
     max_seeds: int = Field(ge=2)
 
 
-class AblationConfig(_Strict):
+class AblationConfig(RunSettings):
     name: str = Field(min_length=1)
     kind: Literal["ablation"]
     dataset: DatasetConfig = DatasetConfig()
@@ -56,14 +63,6 @@ class AblationConfig(_Strict):
     sequential: SequentialSeeds | None = None
     epochs: int = Field(ge=1)
     objective: ObjectiveConfig = ObjectiveConfig()
-    max_concurrent: int = Field(1, ge=1)
-    max_failures: int = Field(2, ge=0)
-    resources: ResourcesConfig = ResourcesConfig()
-    checkpoints: CheckpointsConfig = CheckpointsConfig()
-    storage: str = DEFAULT_STORAGE
-    output_dir: str = "runs"
-    lease_timeout_s: float = Field(60.0, ge=1)
-    source: str | None = Field(None, exclude=True)
 
 
 @dataclass(frozen=True)
@@ -154,3 +153,85 @@ def engine_config(config: AblationConfig, baseline: dict[str, Any], arms: list[A
 
 def seeds_for(config: AblationConfig, count: int | None = None) -> list[int]:
     return [config.first_seed + i for i in range(count or config.seeds)]
+
+
+def validate_ablation(config: AblationConfig) -> None:
+    """Names and values of the baseline and the factors, before anything runs."""
+    for name, values in config.factors.items():
+        if config.design == "leave_one_out":
+            if isinstance(values, list | dict):
+                raise ConfigError(
+                    f"factors.{name}",
+                    "leave_one_out takes one value per factor: the value that removes it "
+                    f"(e.g. augmentation: none), got {values!r}",
+                    config.source,
+                )
+        elif not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"factors.{name}", f"give a non-empty list of values, got {values!r}", config.source
+            )
+        else:
+            for index, value in enumerate(values):
+                if value in values[:index]:
+                    raise ConfigError(
+                        f"factors.{name}[{index}]",
+                        f"repeats {value!r}: each value once (a repeated value would run the "
+                        "same arm twice)",
+                        config.source,
+                    )
+    if config.sequential and config.sequential.max_seeds < config.seeds:
+        raise ConfigError("sequential.max_seeds", "must be >= seeds", config.source)
+    known = set(TrialSettings.model_fields) - set(STUDY_OWNED_FIELDS)
+    for section, mapping in (("baseline", config.baseline), ("factors", config.factors)):
+        for name in mapping:
+            if section == "baseline" and name == FROM_KEY:
+                continue
+            if name not in known:
+                raise ConfigError(
+                    f"{section}.{name}", f"unknown setting; known: {sorted(known)}", config.source
+                )
+    for name, value in config.baseline.items():
+        if name != FROM_KEY:
+            _check_value(config, f"baseline.{name}", name, value)
+    for name, values in config.factors.items():
+        listed = values if isinstance(values, list) else [values]
+        for index, value in enumerate(listed):
+            where = f"factors.{name}[{index}]" if isinstance(values, list) else f"factors.{name}"
+            _check_value(config, where, name, value)
+    devices = {config.baseline.get("device")}
+    factor_devices = config.factors.get("device", [])
+    devices |= set(factor_devices if isinstance(factor_devices, list) else [factor_devices])
+    check_gpu_share(devices, config.resources, config.source)
+    source = config.baseline.get(FROM_KEY)
+    if source is not None and not (isinstance(source, str) and source.startswith(STUDY_PREFIX)):
+        raise ConfigError("baseline.from", "must be study:NAME", config.source)
+    if source is None:
+        check_arms(config, with_factor_defaults(config, config.baseline))
+
+
+def with_factor_defaults(config: AblationConfig, baseline: dict[str, Any]) -> dict[str, Any]:
+    """A factor the baseline does not set takes the trial default (its value in every trial
+    that does not vary it), so every arm differs from the baseline in named settings only."""
+    defaults = {
+        name: TrialSettings.model_fields[name].default
+        for name in config.factors
+        if name not in baseline and name in TrialSettings.model_fields
+    }
+    return {**defaults, **baseline}
+
+
+def _check_value(config: AblationConfig, path: str, name: str, value: Any) -> None:
+    try:
+        TrialSettings.model_validate({name: value})
+    except PydanticValidationError as error:
+        raise ConfigError(path, format_validation_error(path, error)[1], config.source) from None
+
+
+def check_arms(config: AblationConfig, baseline: dict[str, Any]) -> None:
+    for arm in plan_arms(baseline, config.factors, config.design):
+        candidate = {**baseline, **arm.values, "epochs": config.epochs}
+        try:
+            TrialConfig.model_validate(candidate)
+        except PydanticValidationError as error:
+            message = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError("factors", f"arm {arm.name}: {message}", config.source) from None

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from model.checkpoint import PREVIOUS_NAME
-from search.resume import RETRYABLE_REASONS
+from search.keys import RETRYABLE_REASONS, Attr
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class CheckpointPolicy:
         if state == TrialState.FAIL and reason in RETRYABLE_REASONS:
             return  # its retry continues from it
         for lost in _retried_chain(trials, trial):
-            self._remove(lost.user_attrs.get("checkpoint"))
-        folder = trial.user_attrs.get("checkpoint")
+            self._remove(lost.user_attrs.get(Attr.CHECKPOINT))
+        folder = trial.user_attrs.get(Attr.CHECKPOINT)
         if state != TrialState.COMPLETE:
             self._remove(folder)
             return
@@ -76,19 +76,19 @@ class CheckpointPolicy:
     def _keep_best(self, complete: list[FrozenTrial]) -> None:
         maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
         # Ranked among the trials whose checkpoints are this study's (not a fork's copies).
-        own = [t for t in complete if self._owned(t.user_attrs.get("checkpoint"))]
+        own = [t for t in complete if self._owned(t.user_attrs.get(Attr.CHECKPOINT))]
         ranked = sorted((t for t in own if t.value is not None), key=lambda t: t.value,
                         reverse=maximize)  # fmt: skip
         for trial in ranked[self.keep :]:
-            self._remove(trial.user_attrs["checkpoint"])
+            self._remove(trial.user_attrs[Attr.CHECKPOINT])
 
 
 def _retried_chain(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
     """The lost trials this one (transitively) retried."""
     chain, seen = [], set()
-    number = trial.user_attrs.get("retry_of")
+    number = trial.user_attrs.get(Attr.RETRY_OF)
     while number is not None and number not in seen and number < len(trials):
         seen.add(number)
         chain.append(trials[number])
-        number = trials[number].user_attrs.get("retry_of")
+        number = trials[number].user_attrs.get(Attr.RETRY_OF)
     return chain

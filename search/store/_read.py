@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyNotFoundError
-from search.storage import open_storage_readonly, reading
+from search.store._open import open_storage_readonly, reading
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ def list_studies(storage_url: str) -> list[StudyRow]:
 def _rows(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
     rows = []
     for frozen in storage.get_all_studies():
-        trials = storage.get_all_trials(frozen._study_id, deepcopy=False)
+        study_id = storage.get_study_id_from_name(frozen.study_name)
+        trials = storage.get_all_trials(study_id, deepcopy=False)
         direction = frozen.direction.name.lower()
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         best = None

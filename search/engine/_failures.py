@@ -8,7 +8,8 @@ import traceback
 import torch
 from ray.exceptions import RayActorError
 
-from model import NonFiniteMetricError
+from model.errors import NonFiniteMetricError
+from search.keys import Reason
 
 MAX_ERROR_CHARS = 4000
 
@@ -36,9 +37,9 @@ def failure_reason(error: BaseException | None) -> str:
     if isinstance(cause, NonFiniteMetricError):
         return cause.reason
     if isinstance(cause, torch.OutOfMemoryError):
-        return "oom"
+        return Reason.OOM
     if isinstance(error, RayActorError) or isinstance(cause, RayActorError):
-        return "worker_died"
+        return Reason.WORKER_DIED
     if isinstance(cause, OSError) and cause.errno in errno.errorcode:
         return f"exception:{type(cause).__name__}[{errno.errorcode[cause.errno]}]"
     return f"exception:{type(cause).__name__}"

@@ -6,7 +6,7 @@ validation set, so ties and no-spread differences happen as they do on real data
 of arms reported "settled" is the false-positive rate at 5%: at most 5% for the fixed-seed
 design, and inflated by sequential seeds (optional stopping: each added seed is another look).
 
-``python -m search.ablation_null`` prints both rates.
+``python -m search.ablation.null`` prints both rates.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search.ablation_stats import ArmRun, summarise
+from search.ablation._stats import ArmRun, summarise
 
 BASELINE = "baseline"
 

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from search.errors import UserError
-from search.schema import leases
+from search.store._schema import leases
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 import cloudpickle
 from ray.tune import Callback
 
-from search.searcher import SearchProgress, StudySearcher
+from search.engine._searcher import SearchProgress, StudySearcher
 
 
 def _clock(seconds: float) -> str:

@@ -12,10 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from model.pretrained import IMAGENET, PretrainedError, checkpoint_state_dict
+import ray
+
+from model.errors import PretrainedError
+from model.pretrained import checkpoint_state_dict
+from model.settings import IMAGENET
 from search.config import ResourcesConfig
 from search.errors import ConfigError
-from search.pretrained import STUDY_PREFIX
+from search.keys import STUDY_PREFIX
 from spaces import Space
 
 
@@ -55,8 +59,6 @@ def check_pretrained_files(fixed: dict[str, Any], space: Space, source: str | No
 
 def check_resources(resources: ResourcesConfig, source: str | None) -> None:
     """One trial's CPU and GPU request fits on some node of the connected Ray cluster."""
-    import ray
-
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     fits = any(
         node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu

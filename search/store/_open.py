@@ -27,7 +27,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from search.errors import StorageError
-from search.schema import check_schema, ensure_schema
+from search.store._schema import check_schema, ensure_schema
 
 # What opening a storage raises for a bad file, URL or server (Optuna's schema-version check
 # raises RuntimeError; a missing driver, ImportError).

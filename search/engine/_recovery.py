@@ -1,9 +1,10 @@
 """Continuing a study from its database: compatibility, lost trials, forks.
 
-The SQL study is the source of truth (Tune's experiment folder lags it, DESIGN.md). On every
-start the driver, holding the study's lease, turns trials that a dead driver left RUNNING
-into FAIL (``driver_lost``) and queues their parameters again, first in line, with
-``retry_of``; the retry continues from the lost trial's checkpoint.
+The SQL study is the source of truth (Tune's experiment folder lags it: ``Tuner.restore`` after a
+SIGTERM fails with ``UpdateFinishedTrialError`` on Ray 2.58). On every start the driver, holding the
+study's lease, turns trials that a dead driver left RUNNING into FAIL (``driver_lost``) and queues
+their parameters again, first in line, with ``retry_of``; the retry continues from the lost trial's
+checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from model import CHECKPOINT_NAME
 from model.checkpoint import PREVIOUS_NAME
-from search.errors import UserError
+from search.errors import IncompatibleStudyError
+from search.keys import RETRYABLE_REASONS, Attr, Reason, StudyAttr
 from spaces import Space
 
 # Changing these makes old and new trials incomparable; the rest (budget, sampler,
@@ -34,12 +36,7 @@ COMPARED_FIELDS = (
     "objective",
     "asha.max_epochs",
 )
-RETRYABLE_REASONS = ("driver_lost", "interrupted")
-FORK_DROPPED = ("retry_of", "worker_failures")
-
-
-class IncompatibleStudyError(UserError):
-    """The study in the database was run with a different space or objective."""
+FORK_DROPPED = (Attr.RETRY_OF, Attr.WORKER_FAILURES)
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
@@ -66,7 +63,7 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def check_compatible(study: optuna.Study, current: dict[str, Any]) -> None:
-    stored = study.user_attrs.get("study_file")
+    stored = study.user_attrs.get(StudyAttr.STUDY_FILE)
     if not stored:
         return
     lines = differences(stored, current)
@@ -83,9 +80,10 @@ def _retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Trials whose retry exists and still counts: queued, running, finished, or failed after
     it reached a worker (a retry lost before that leaves its original to be retried)."""
     return {
-        t.user_attrs["retry_of"]
+        t.user_attrs[Attr.RETRY_OF]
         for t in trials
-        if "retry_of" in t.user_attrs and (t.state != TrialState.FAIL or "config" in t.user_attrs)
+        if Attr.RETRY_OF in t.user_attrs
+        and (t.state != TrialState.FAIL or Attr.CONFIG in t.user_attrs)
     }
 
 
@@ -96,26 +94,33 @@ def recover_lost_trials(study: optuna.Study) -> list[int]:
     A trial lost before it was handed to a worker (no ``config`` attribute yet: its
     parameters may be incomplete) trained nothing; it is not retried, and the budget of
     finished trials brings a new one instead."""
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "stop_reason", "driver_lost")
-        storage.set_trial_user_attr(
-            trial._trial_id, "error", "the driver running this trial stopped without finishing it"
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = _running(study, frozen)
+        trial.set_user_attr(Attr.STOP_REASON, Reason.DRIVER_LOST)
+        trial.set_user_attr(
+            Attr.ERROR, "the driver running this trial stopped without finishing it"
         )
-        study.tell(trial.number, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
     retried = _retried_numbers(trials)
     queued = []
     for trial in trials:
-        reason = trial.user_attrs.get("stop_reason")
+        reason = trial.user_attrs.get(Attr.STOP_REASON)
         lost = trial.state == TrialState.FAIL and reason in RETRYABLE_REASONS
-        started = "config" in trial.user_attrs
+        started = Attr.CONFIG in trial.user_attrs
         if lost and started and trial.number not in retried:
             study.enqueue_trial(
-                trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
+                trial.params, user_attrs={Attr.RETRY_OF: trial.number}, skip_if_exists=False
             )
             queued.append(trial.number)
     return queued
+
+
+def _running(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
+    """A handle on a RUNNING trial another process asked for. Optuna has no public way from a
+    trial number to its id (``FrozenTrial._trial_id`` is the only one, Optuna 4-5): this is
+    the one place that reads it."""
+    return optuna.Trial(study, frozen._trial_id)
 
 
 def clear_checkpoints(folder: Path) -> None:
@@ -142,6 +147,8 @@ def _fits(space: Space, params: dict[str, Any]) -> bool:
         if name not in distributions:
             return False
         try:
+            # Optuna's own membership test (bounds, step, choices) is private and has no
+            # public twin; this is the one place that uses it.
             if not distributions[name]._contains(distributions[name].to_internal_repr(value)):
                 return False
         except ValueError:
@@ -177,8 +184,8 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> For
     """Start ``target`` from the finished trials of ``source`` whose parameters fit ``space``:
     copied with their values when only the space changed between the two set-ups (they are
     results of the same experiment), else queued as configurations to run again."""
-    stored = source.user_attrs.get("study_file") or {}
-    current = target.user_attrs.get("study_file") or {}
+    stored = source.user_attrs.get(StudyAttr.STUDY_FILE) or {}
+    current = target.user_attrs.get(StudyAttr.STUDY_FILE) or {}
     incomparable = [
         line
         for line in differences(stored, current)
@@ -192,7 +199,7 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> For
             if trial.params not in seen:
                 seen.append(dict(trial.params))
                 target.enqueue_trial(
-                    dict(trial.params), user_attrs={"forked_from": _origin(source, trial)}
+                    dict(trial.params), user_attrs={Attr.FORKED_FROM: _origin(source, trial)}
                 )
         return ForkResult(source.study_name, target.study_name, 0, len(seen), incomparable)
     distributions = space.distributions()
@@ -207,7 +214,7 @@ def fork_trials(source: optuna.Study, target: optuna.Study, space: Space) -> For
                 user_attrs={
                     # Trial numbers of the old study would mean other trials here.
                     **{k: v for k, v in trial.user_attrs.items() if k not in FORK_DROPPED},
-                    "forked_from": _origin(source, trial),
+                    Attr.FORKED_FROM: _origin(source, trial),
                 },
             )
         )
