@@ -19,8 +19,8 @@ from search.keys import DEFAULT_STORAGE
 from spaces import FixedParam, Space, SpaceError, load_space
 from spaces.language import CategoricalParam, FloatParam, IntParam, format_validation_error
 
-OBJECTIVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
+ObjectiveMetric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
+SamplerName = Literal["tpe", "random", "cmaes", "qmc", "grid"]
 # Set by the study, not searchable: the epoch budget is ASHA's max_epochs.
 STUDY_OWNED_FIELDS = ("epochs",)
 
@@ -42,7 +42,7 @@ class DatasetConfig(_Strict):
 
 
 class ObjectiveConfig(_Strict):
-    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss"] = "val_acc"
+    metric: ObjectiveMetric = "val_acc"
     direction: Literal["maximize", "minimize"] | None = None
 
     @model_validator(mode="after")
@@ -63,7 +63,7 @@ class ObjectiveConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["tpe", "random", "cmaes", "qmc", "grid"] = "tpe"
+    name: SamplerName = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(10, ge=0)
 

@@ -488,9 +488,7 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 def _raise_if_storage_lost(error: BaseException, storage: str) -> None:
     """A database error anywhere in the chain ends the run with one line."""
     for cause in _chain(error):
-        if isinstance(
-            cause, sqlalchemy.exc.SQLAlchemyError | optuna.exceptions.StorageInternalError
-        ):
+        if isinstance(cause, STORAGE_ERRORS):
             first = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
             raise RunAbortedError(
                 f"lost the study database {storage}: {first}. Trials in flight may still read "
