@@ -136,17 +136,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import optuna
 
     from search.report import write_report
-    from search.store import load_study_readonly, reading
+    from search.store import reading
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with reading(args.storage):
-        study = load_study_readonly(args.study, args.storage)
-        path = write_report(study, args.output, importance=args.importance)
+        path = write_report(args.storage, args.study, args.output, importance=args.importance)
     print(f"report written to {path.resolve()}")
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_args[:1] == ["report"]:
+        from search.report.bench import main as report_bench
+
+        return report_bench(args.bench_args[1:])
     # model.bench owns its arguments so that it also runs alone (python -m model.bench) on a
     # GPU machine that has torch but not Ray or Optuna.
     from model.bench import main as bench_main
@@ -222,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="benchmarks: 'bench trainer' = training images/s, ours vs the seeds' pipeline",
+        help="benchmarks: 'bench trainer' = training images/s, ours vs the seeds' pipeline; "
+        "'bench report --trials N' = the read side on a synthetic study of N trials",
         add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -238,6 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resnet-hpo: error: {error}", file=sys.stderr)
         return error.exit_code
     except DataError as error:
+        print(f"resnet-hpo: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValueError as error:
+        # A malformed space that reached here unconverted. SpaceError is looked up where it
+        # was raised from: importing the space language up front would cost --help 0.4 s.
+        language = sys.modules.get("spaces.language")
+        if language is None or not isinstance(error, language.SpaceError):
+            raise
         print(f"resnet-hpo: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as interrupt:

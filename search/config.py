@@ -97,23 +97,7 @@ class ResourcesConfig(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
-class RunSettings(_Strict):
-    """How a study runs, the same for a search and an ablation."""
-
-    max_concurrent: int = Field(1, ge=1)
-    # A trial whose worker process dies is run again from its checkpoint this many times.
-    max_failures: int = Field(2, ge=0)
-    resources: ResourcesConfig = ResourcesConfig()
-    checkpoints: CheckpointsConfig = CheckpointsConfig()
-    storage: str = DEFAULT_STORAGE
-    output_dir: str = "runs"
-    # A driver silent for this long loses its lease to the next driver of the study.
-    lease_timeout_s: float = Field(60.0, ge=1)
-    # Where the study file lives; relative space paths are looked up there first.
-    source: str | None = Field(None, exclude=True)
-
-
-class StudyConfig(RunSettings):
+class StudyConfig(_Strict):
     name: str = Field(min_length=1)
     kind: Literal["search"] = "search"
     dataset: DatasetConfig = DatasetConfig()
@@ -123,9 +107,20 @@ class StudyConfig(RunSettings):
     sampler: SamplerConfig = SamplerConfig()
     asha: AshaConfig
     n_trials: int = Field(ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    # A trial whose worker process dies is run again from its checkpoint this many times.
+    max_failures: int = Field(2, ge=0)
     # The run stops proposing trials after this many FAIL in one run (default: n_trials,
     # at least 10).
     max_failed_trials: int | None = Field(None, ge=1)
+    resources: ResourcesConfig = ResourcesConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
+    storage: str = DEFAULT_STORAGE
+    output_dir: str = "runs"
+    # A driver silent for this long loses its lease to the next driver of the study.
+    lease_timeout_s: float = Field(60.0, ge=1)
+    # Where the study file lives; relative space paths are looked up there first.
+    source: str | None = Field(None, exclude=True)
 
     def resolve_space(self) -> Space:
         base = Path(self.source).parent if self.source else None

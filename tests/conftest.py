@@ -56,20 +56,29 @@ def guard_engine() -> Iterator[sqlalchemy.Engine | None]:
 
 
 @pytest.fixture(autouse=True)
-def connection_guard(
-    request: pytest.FixtureRequest, guard_engine: sqlalchemy.Engine | None
-) -> Iterator[None]:
-    """Every test: sample PostgreSQL connections while it runs; fail it if the peak exceeds
-    2 per driver it started plus the test process's allowance, or if it leaves any open."""
+def connection_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every slow-tier test: sample PostgreSQL connections while it runs; fail it if the peak
+    exceeds 2 per driver it started plus the test process's allowance, or if it leaves any
+    open. (The fast tier touches no PostgreSQL, so it is not sampled and needs no server.)
+    Driver processes the test left running are killed after it, so they cannot hold the
+    session's Ray CPUs for the next test."""
     drivers.started = 0
-    if request.node.get_closest_marker("slow"):
+    slow = request.node.get_closest_marker("slow") is not None
+    if slow:
         request.getfixturevalue("ray_session")  # the drivers it starts join the session's Ray
+    guard_engine = request.getfixturevalue("guard_engine") if slow else None
     if guard_engine is None or request.node.get_closest_marker("no_connection_guard"):
-        yield
-        db.close_all()
+        try:
+            yield
+        finally:
+            drivers.kill_leftovers()
+            db.close_all()
         return
     guard = ConnectionGuard(guard_engine).start()
-    yield
+    try:
+        yield
+    finally:
+        drivers.kill_leftovers()
     guard.stop()
     if guard.peak > PEAK[0]:
         PEAK[:] = [guard.peak, request.node.nodeid]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from tests.db import trials
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Driver processes started by the current test (the connection guard allows 2 each).
 started = 0
+_running: list[subprocess.Popen] = []
 
 
 def write_study(path: Path, study: dict) -> Path:
@@ -40,7 +42,7 @@ def start_driver(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if own_ray:
         env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "search", "run", str(study_file), *extra],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -48,6 +50,19 @@ def start_driver(
         env=env,
         cwd=study_file.parent,
     )
+    _running.append(process)
+    return process
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every driver the test started that still runs (a failed assertion or a
+    timeout left it): it would otherwise keep training on the session's Ray."""
+    while _running:
+        process = _running.pop()
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def kill_driver(process: subprocess.Popen) -> None:

@@ -151,7 +151,7 @@ def test_ablation_end_to_end(
                  "--format", "latex"]) == 0  # fmt: skip
     assert r"\begin{tabular}" in capsys.readouterr().out
 
-    report = build_report(study)
+    report = build_report(storage_url, study_name)
     for title in ("Ablation table", "Differences to the baseline", "Per-epoch curves per arm"):
         assert title in report
 

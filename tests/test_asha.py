@@ -148,3 +148,12 @@ def test_a_killed_and_resumed_study_decides_as_one_run(tmp_path: Path, study_nam
     assert any("retry_of" in t.user_attrs for t in final)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in final) == 6
     check_every_decision(final)
+
+
+def test_a_retry_queued_during_the_run_takes_the_key_of_the_trial_it_retries() -> None:
+    ledger = RungLedger(trial_keys={0: rung_key(0)})
+    ledger.start("ray-retry", 5, retry_of=0)
+    ledger.start("ray-new", 6)
+    assert ledger.key_of("ray-retry") == rung_key(0)
+    assert ledger.key_of("ray-new") == rung_key(6)
+    assert ledger.trial_keys == {0: rung_key(0), 5: rung_key(0), 6: rung_key(6)}

@@ -140,7 +140,6 @@ def test_report_of_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no study named 'absent'" in err and "present" in err
 
 
-@pytest.mark.slow
 def test_python_dash_m_is_the_same_cli() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "search", "--help"], capture_output=True, text=True, timeout=120

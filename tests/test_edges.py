@@ -11,9 +11,14 @@ from optuna.trial import TrialState
 
 from search import parse_study, run_study
 from search.cli import main
-from search.engine import RunPolicy, SearchProgress, StudySearcher, prepare_study
-from search.engine._asha import RungLedger
-from search.engine._payload import TrialFactory
+from search.engine import (
+    RungLedger,
+    RunPolicy,
+    SearchProgress,
+    StudySearcher,
+    TrialFactory,
+    prepare_study,
+)
 from search.engine._progress import format_progress
 from spaces import parse_space
 from tests import db
@@ -206,17 +211,21 @@ def test_checkpoints_left_after_a_study_follow_the_policy(
 
 
 def test_importance_reads_the_rung_that_every_trial_reached() -> None:
-    from types import SimpleNamespace
+    import numpy as np
 
     from search.report import rung_epoch
+    from search.store import TrialColumns
 
-    def trial(state: TrialState, epochs: int) -> SimpleNamespace:
-        return SimpleNamespace(
-            state=state, intermediate_values={e: 0.5 for e in range(1, epochs + 1)}
-        )
-
-    # Eight trials pruned at epoch 1, two at 2, two ran to 4: at epoch 2 or later only the
-    # trials ASHA let through remain; epoch 1 still holds all twelve.
-    trials = [trial(TrialState.PRUNED, 1)] * 8 + [trial(TrialState.PRUNED, 2)] * 2
-    trials += [trial(TrialState.COMPLETE, 4)] * 2 + [trial(TrialState.FAIL, 3)]
-    assert rung_epoch(trials) == 1
+    # Eight trials pruned at epoch 1, two at 2, two ran to 4, one failed at 3: at epoch 2 or
+    # later only the trials ASHA let through remain; epoch 1 still holds all twelve.
+    last = [1] * 8 + [2] * 2 + [4] * 2 + [3]
+    states = ["PRUNED"] * 10 + ["COMPLETE"] * 2 + ["FAIL"]
+    rows = [row for row, epochs in enumerate(last) for _ in range(epochs)]
+    steps = [step for epochs in last for step in range(1, epochs + 1)]
+    columns = TrialColumns(
+        study_name="s", direction="maximize", number=np.arange(13), state=np.array(states),
+        value=np.full(13, np.nan), datetime_start=np.full(13, np.datetime64("NaT")),
+        datetime_complete=np.full(13, np.datetime64("NaT")), curve_row=np.array(rows),
+        curve_step=np.array(steps), curve_value=np.full(len(rows), 0.5),
+    )  # fmt: skip
+    assert rung_epoch(columns) == 1

@@ -223,7 +223,7 @@ def test_study_checkpoint_fine_tunes_in_another_study(
         )
 
     # Freeze depth and augmentation are searched, so the importance plot ranks them.
-    report = build_report(study)
+    report = build_report(storage_url, tuned.name)
     assert "freeze_depth" in report and "augmentation" in report
 
 

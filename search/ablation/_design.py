@@ -24,14 +24,15 @@ from pydantic import ValidationError as PydanticValidationError
 from model.settings import TrialConfig, TrialSettings
 from search.config import (
     STUDY_OWNED_FIELDS,
+    CheckpointsConfig,
     DatasetConfig,
     ObjectiveConfig,
-    RunSettings,
+    ResourcesConfig,
     StudyConfig,
     check_gpu_share,
 )
 from search.errors import ConfigError
-from search.keys import STUDY_PREFIX
+from search.keys import DEFAULT_STORAGE, STUDY_PREFIX
 from spaces.language import format_validation_error
 
 BASELINE = "baseline"
@@ -51,7 +52,7 @@ class SequentialSeeds(_Strict):
     max_seeds: int = Field(ge=2)
 
 
-class AblationConfig(RunSettings):
+class AblationConfig(_Strict):
     name: str = Field(min_length=1)
     kind: Literal["ablation"]
     dataset: DatasetConfig = DatasetConfig()
@@ -63,6 +64,15 @@ class AblationConfig(RunSettings):
     sequential: SequentialSeeds | None = None
     epochs: int = Field(ge=1)
     objective: ObjectiveConfig = ObjectiveConfig()
+    # The same run settings as a search study's, in the same order (see StudyConfig).
+    max_concurrent: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0)
+    resources: ResourcesConfig = ResourcesConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
+    storage: str = DEFAULT_STORAGE
+    output_dir: str = "runs"
+    lease_timeout_s: float = Field(60.0, ge=1)
+    source: str | None = Field(None, exclude=True)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._run": ("QueuePlan", "RunSummary", "build_sampler", "prepare_study", "run_study"),
         "._searcher": ("SearchProgress", "StudySearcher"),
         "._policy": ("RunPolicy",),
-        "._payload": ("TrialPayload",),
-        "._asha": ("StudyASHA", "rung_keys_of", "study_history"),
+        "._payload": ("TrialFactory", "TrialPayload"),
+        "._asha": ("RungLedger", "StudyASHA", "rung_keys_of", "study_history"),
         "._checkpoints": ("CheckpointPolicy",),
         "._grid": ("GridPlan",),
         "._faults": ("Fault",),
@@ -25,12 +25,12 @@ __all__, __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from search.engine._asha import StudyASHA, rung_keys_of, study_history
+    from search.engine._asha import RungLedger, StudyASHA, rung_keys_of, study_history
     from search.engine._checkpoints import CheckpointPolicy
     from search.engine._faults import Fault
     from search.engine._grid import GridPlan
     from search.engine._interrupts import Interrupted, InterruptWatch
-    from search.engine._payload import TrialPayload
+    from search.engine._payload import TrialFactory, TrialPayload
     from search.engine._policy import RunPolicy
     from search.engine._recovery import (
         ForkResult,

@@ -21,13 +21,13 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._schema": ("SCHEMA_VERSION", "check_schema", "ensure_schema"),
         "._lease": ("DriverLease", "LeaseHeldError", "LeaseHolder", "LeaseLostError"),
         "._read": (
-            "StudyRow",
             "count_states",
             "format_study_table",
             "list_studies",
             "load_study_readonly",
         ),
         "._provenance": ("git_sha", "host", "package_version"),
+        "._columns": ("StudySummary", "TrialColumns", "read_trials", "study_summaries"),
         "._refs": (
             "best_checkpoint",
             "check_same_split",
@@ -38,6 +38,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
+    from search.store._columns import StudySummary, TrialColumns, read_trials, study_summaries
     from search.store._lease import DriverLease, LeaseHeldError, LeaseHolder, LeaseLostError
     from search.store._open import (
         check_storage,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     )
     from search.store._provenance import git_sha, host, package_version
     from search.store._read import (
-        StudyRow,
         count_states,
         format_study_table,
         list_studies,

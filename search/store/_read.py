@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyNotFoundError
+from search.store._columns import StudySummary, study_summaries
 from search.store._open import open_storage_readonly, reading
-
-
-@dataclass(frozen=True)
-class StudyRow:
-    name: str
-    direction: str
-    counts: dict[str, int]
-    best_value: float | None
-    best_number: int | None
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -31,33 +17,12 @@ def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-def list_studies(storage_url: str) -> list[StudyRow]:
+def list_studies(storage_url: str) -> list[StudySummary]:
+    """Every study of the storage with its counts by state and best value, counted in SQL
+    (no trial is loaded)."""
     storage = open_storage_readonly(storage_url)
     with reading(storage_url):
-        return _rows(storage)
-
-
-def _rows(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
-    rows = []
-    for frozen in storage.get_all_studies():
-        study_id = storage.get_study_id_from_name(frozen.study_name)
-        trials = storage.get_all_trials(study_id, deepcopy=False)
-        direction = frozen.direction.name.lower()
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = None
-        if complete:
-            pick = max if direction == "maximize" else min
-            best = pick(complete, key=lambda t: t.value)
-        rows.append(
-            StudyRow(
-                name=frozen.study_name,
-                direction=direction,
-                counts=count_states(trials),
-                best_value=best.value if best else None,
-                best_number=best.number if best else None,
-            )
-        )
-    return sorted(rows, key=lambda row: row.name)
+        return study_summaries(storage.engine)
 
 
 def load_study_readonly(name: str, storage_url: str) -> optuna.Study:
@@ -72,7 +37,7 @@ def load_study_readonly(name: str, storage_url: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
 
 
-def format_study_table(rows: list[StudyRow]) -> str:
+def format_study_table(rows: list[StudySummary]) -> str:
     header = ("study", "direction", "trials", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "best (#)")
     lines = [header]
     for row in rows:
@@ -82,10 +47,10 @@ def format_study_table(rows: list[StudyRow]) -> str:
                 row.name,
                 row.direction,
                 str(row.total),
-                str(row.counts["COMPLETE"]),
-                str(row.counts["PRUNED"]),
-                str(row.counts["FAIL"]),
-                str(row.counts["RUNNING"]),
+                str(row.counts.get("COMPLETE", 0)),
+                str(row.counts.get("PRUNED", 0)),
+                str(row.counts.get("FAIL", 0)),
+                str(row.counts.get("RUNNING", 0)),
                 best,
             )
         )

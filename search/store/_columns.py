@@ -1,0 +1,278 @@
+"""Studies read in a few SQL queries, into columns: the read layer of listings and reports.
+
+``optuna.load_study(...).get_trials()`` builds one ``FrozenTrial`` per trial, with its own
+dictionaries of parameters, distributions, intermediate values and attributes: 4.6 s for a
+10,000-trial study on a 2-core machine, and ``studies`` used to load every trial of every
+study just to count them. Here a listing is two aggregate queries, and a study's trials are
+five queries whose rows land in NumPy arrays.
+
+The tables are Optuna's RDB schema (``studies``, ``study_directions``, ``trials``,
+``trial_values``, ``trial_params``, ``trial_intermediate_values``,
+``trial_user_attributes``; schema version ``v3.2.0.a``, unchanged through Optuna 5.0, which
+``store._schema`` checks when the storage is opened). This is the only module that queries
+them directly; ``tests/test_columns.py`` checks it against ``optuna.load_study`` on SQLite and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, json_to_distribution
+
+from search.errors import StudyNotFoundError
+
+# How Optuna stores a value that is not a finite float (SQLAlchemy Enum columns hold names).
+_SPECIAL = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """One study of a storage: trial counts by state and the best COMPLETE value."""
+
+    name: str
+    direction: str  # "maximize" | "minimize"
+    counts: dict[str, int]
+    best_value: float | None
+    best_number: int | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class TrialColumns:
+    """A study's trials as columns, one row per trial in trial-number order.
+
+    ``params[name][row]`` is the external value (None where the trial has no such
+    parameter); the curves (intermediate values) are three aligned arrays, sorted by row and
+    step; ``user_attrs[key][row]`` is the decoded JSON value, or None.
+    """
+
+    study_name: str
+    direction: str
+    number: np.ndarray  # int64
+    state: np.ndarray  # str (TrialState names)
+    value: np.ndarray  # float64, NaN where the trial has no value
+    datetime_start: np.ndarray  # datetime64[us], naive UTC; NaT where unset
+    datetime_complete: np.ndarray
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    curve_row: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    curve_step: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    curve_value: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    user_attrs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.number)
+
+    def curve(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of one trial's curve."""
+        start, stop = np.searchsorted(self.curve_row, [row, row + 1])
+        return self.curve_step[start:stop], self.curve_value[start:stop]
+
+    def rows_in(self, *states: str) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.state, states))
+
+
+def study_summaries(engine: sa.Engine) -> list[StudySummary]:
+    """Every study with its counts by state and best value: aggregate queries only."""
+    with engine.connect() as connection:
+        studies = connection.execute(
+            sa.text(
+                "SELECT s.study_id, s.study_name, d.direction FROM studies s "
+                "JOIN study_directions d ON d.study_id = s.study_id AND d.objective = 0"
+            )
+        ).all()
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        for study_id, state, n in connection.execute(
+            sa.text("SELECT study_id, state, COUNT(*) FROM trials GROUP BY study_id, state")
+        ):
+            counts[study_id][_name(state)] = int(n)
+        best: dict[int, tuple[float, int]] = {}
+        for direction in ("MAXIMIZE", "MINIMIZE"):
+            best.update(_best_values(connection, direction))
+    rows = []
+    for study_id, name, direction in studies:
+        found = best.get(study_id)
+        rows.append(
+            StudySummary(
+                name=name,
+                direction=_name(direction).lower(),
+                counts=counts.get(study_id, {}),
+                best_value=found[0] if found else None,
+                best_number=found[1] if found else None,
+            )
+        )
+    return sorted(rows, key=lambda row: row.name)
+
+
+def _best_values(connection: sa.Connection, direction: str) -> dict[int, tuple[float, int]]:
+    """study_id -> (best finite value, lowest trial number holding it) for studies of one
+    direction; ties go to the earliest trial."""
+    pick = "MAX" if direction == "MAXIMIZE" else "MIN"
+    rows = connection.execute(
+        sa.text(
+            f"SELECT t.study_id, v.value, MIN(t.number) FROM trials t "  # noqa: S608 - fixed
+            "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+            "JOIN study_directions d ON d.study_id = t.study_id AND d.objective = 0 "
+            f"JOIN (SELECT t2.study_id AS sid, {pick}(v2.value) AS best FROM trials t2 "
+            "      JOIN trial_values v2 ON v2.trial_id = t2.trial_id AND v2.objective = 0 "
+            "      WHERE t2.state = 'COMPLETE' AND v2.value_type = 'FINITE' "
+            "      GROUP BY t2.study_id) b ON b.sid = t.study_id AND v.value = b.best "
+            "WHERE t.state = 'COMPLETE' AND v.value_type = 'FINITE' "
+            "AND CAST(d.direction AS VARCHAR(16)) = :direction "
+            "GROUP BY t.study_id, v.value"
+        ),
+        {"direction": direction},
+    )
+    return {study_id: (float(value), int(number)) for study_id, value, number in rows}
+
+
+def read_trials(
+    engine: sa.Engine, study_name: str, attr_keys: tuple[str, ...] | None = None
+) -> TrialColumns:
+    """The trials of ``study_name`` in five queries; ``attr_keys`` limits the user
+    attributes read (None: all of them)."""
+    with engine.connect() as connection:
+        found = connection.execute(
+            sa.text(
+                "SELECT s.study_id, d.direction FROM studies s JOIN study_directions d "
+                "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name = :name"
+            ),
+            {"name": study_name},
+        ).first()
+        if found is None:
+            raise StudyNotFoundError(f"no study named {study_name!r} in this storage")
+        study_id, direction = found
+        of_study = {"study": study_id}
+        trials = connection.execute(
+            sa.text(
+                "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
+                "WHERE study_id = :study ORDER BY number"
+            ),
+            of_study,
+        ).all()
+        row_of = {trial_id: row for row, (trial_id, *_rest) in enumerate(trials)}
+        value = np.full(len(trials), np.nan)
+        for trial_id, stored, kind in connection.execute(
+            sa.text(
+                "SELECT v.trial_id, v.value, v.value_type FROM trial_values v "
+                "JOIN trials t ON t.trial_id = v.trial_id "
+                "WHERE t.study_id = :study AND v.objective = 0"
+            ),
+            of_study,
+        ):
+            value[row_of[trial_id]] = _float(stored, kind)
+        params, distributions = _params(connection, of_study, row_of, len(trials))
+        curve_row, curve_step, curve_value = _curves(connection, of_study, row_of)
+        user_attrs = _user_attrs(connection, of_study, row_of, len(trials), attr_keys)
+    return TrialColumns(
+        study_name=study_name,
+        direction=_name(direction).lower(),
+        number=np.array([t[1] for t in trials], dtype=np.int64),
+        state=np.array([_name(t[2]) for t in trials], dtype=str),
+        value=value,
+        datetime_start=_datetimes([t[3] for t in trials]),
+        datetime_complete=_datetimes([t[4] for t in trials]),
+        params=params,
+        distributions=distributions,
+        curve_row=curve_row,
+        curve_step=curve_step,
+        curve_value=curve_value,
+        user_attrs=user_attrs,
+    )
+
+
+def _params(
+    connection: sa.Connection, of_study: dict, row_of: dict[int, int], n: int
+) -> tuple[dict[str, np.ndarray], dict[str, BaseDistribution]]:
+    params: dict[str, np.ndarray] = {}
+    distributions: dict[str, BaseDistribution] = {}
+    parsed: dict[str, BaseDistribution] = {}  # one parse per distinct distribution
+    for trial_id, name, internal, distribution_json in connection.execute(
+        sa.text(
+            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json "
+            "FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id "
+            "WHERE t.study_id = :study"
+        ),
+        of_study,
+    ):
+        distribution = parsed.get(distribution_json)
+        if distribution is None:
+            distribution = parsed[distribution_json] = json_to_distribution(distribution_json)
+        column = params.get(name)
+        if column is None:
+            column = params[name] = np.full(n, None, dtype=object)
+        column[row_of[trial_id]] = distribution.to_external_repr(internal)
+        distributions.setdefault(name, distribution)
+    return params, distributions
+
+
+def _curves(
+    connection: sa.Connection, of_study: dict, row_of: dict[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = connection.execute(
+        sa.text(
+            "SELECT i.trial_id, i.step, i.intermediate_value, i.intermediate_value_type "
+            "FROM trial_intermediate_values i JOIN trials t ON t.trial_id = i.trial_id "
+            "WHERE t.study_id = :study"
+        ),
+        of_study,
+    ).all()
+    trial_row = np.array([row_of[r[0]] for r in rows], dtype=np.int64)
+    step = np.array([r[1] for r in rows], dtype=np.int64)
+    values = np.array([_float(r[2], r[3]) for r in rows], dtype=np.float64)
+    order = np.lexsort((step, trial_row))
+    return trial_row[order], step[order], values[order]
+
+
+def _user_attrs(
+    connection: sa.Connection,
+    of_study: dict,
+    row_of: dict[int, int],
+    n: int,
+    keys: tuple[str, ...] | None,
+) -> dict[str, np.ndarray]:
+    query = (
+        "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
+        "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :study"
+    )
+    parameters: dict[str, Any] = dict(of_study)
+    if keys is not None:
+        if not keys:
+            return {}
+        query += " AND a.key IN :keys"
+        parameters["keys"] = list(keys)
+    statement = sa.text(query)
+    if keys is not None:
+        statement = statement.bindparams(sa.bindparam("keys", expanding=True))
+    attrs: dict[str, np.ndarray] = {}
+    for trial_id, key, value_json in connection.execute(statement, parameters):
+        column = attrs.get(key)
+        if column is None:
+            column = attrs[key] = np.full(n, None, dtype=object)
+        column[row_of[trial_id]] = json.loads(value_json)
+    return attrs
+
+
+def _name(stored: Any) -> str:
+    """An Enum column's value: a str on SQLite, an enum name (or member) elsewhere."""
+    return getattr(stored, "name", stored)
+
+
+def _float(stored: float | None, kind: Any) -> float:
+    special = _SPECIAL.get(_name(kind))
+    return special if special is not None else float(stored)
+
+
+def _datetimes(values: list[datetime | None]) -> np.ndarray:
+    return np.array([np.datetime64(v, "us") if v else np.datetime64("NaT") for v in values])

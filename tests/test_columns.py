@@ -1,0 +1,128 @@
+"""The read layer's SQL gives exactly what Optuna's own API gives, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.errors import StudyNotFoundError
+from search.store import read_trials, study_summaries
+from tests import db
+
+DISTRIBUTIONS = {
+    "lr": FloatDistribution(1e-4, 1.0, log=True),
+    "depth": CategoricalDistribution([8, 14, 20]),
+    "optimizer": CategoricalDistribution(["sgd", "adam"]),
+    "batch_size": IntDistribution(32, 256, step=32),
+    "momentum": FloatDistribution(0.8, 0.99),
+}
+
+
+def _trial(number: int) -> optuna.trial.FrozenTrial:
+    """Every kind of trial a study holds: finished at different epochs, pruned, failed,
+    running, conditional parameters, non-finite values, nested attributes."""
+    states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING]
+    state = states[number % 4]
+    params = {
+        "lr": 10 ** -(1 + number % 3),
+        "depth": [8, 14, 20][number % 3],
+        "optimizer": ["sgd", "adam"][number % 2],
+        "batch_size": 32 * (1 + number % 8),
+    }
+    if params["optimizer"] == "sgd":
+        params["momentum"] = 0.9
+    epochs = 1 + number % 5
+    curve = {e: 0.1 * e + 0.01 * number for e in range(1, epochs + 1)}
+    if number == 6:
+        curve[epochs] = math.nan  # a NaN epoch is stored, as Optuna stores it
+    value = None
+    if state == TrialState.COMPLETE:
+        value = math.inf if number == 8 else curve[epochs]
+    return create_trial(
+        params=params,
+        distributions={k: DISTRIBUTIONS[k] for k in params},
+        value=value,
+        state=state,
+        intermediate_values=curve,
+        user_attrs={
+            "stop_reason": "asha",
+            "config": {"lr": params["lr"], "nested": [1, 2]},
+            "epochs_done": epochs,
+        },  # fmt: skip
+    )
+
+
+@pytest.fixture
+def filled(storage_url: str, study_name: str) -> str:
+    storage = db.storage(storage_url)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    study.add_trials([_trial(n) for n in range(13)])
+    other = optuna.create_study(study_name=study_name + "-min", storage=storage)
+    other.add_trials([create_trial(value=v, state=TrialState.COMPLETE) for v in (3.0, 1.0, 1.0)])
+    optuna.create_study(study_name=study_name + "-empty", storage=storage)
+    return study_name
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and (b is None or math.isnan(b))
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def test_the_columns_equal_optunas_trials(storage_url: str, filled: str) -> None:
+    expected = db.load(storage_url, filled).get_trials(deepcopy=False)
+    columns = read_trials(db.storage(storage_url).engine, filled)
+    assert len(columns) == len(expected) == 13
+    assert columns.direction == "maximize"
+    for row, trial in enumerate(expected):
+        assert columns.number[row] == trial.number
+        assert columns.state[row] == trial.state.name
+        assert _same(trial.value, columns.value[row]), (trial.number, trial.value)
+        for name in DISTRIBUTIONS:
+            assert columns.params[name][row] == trial.params.get(name), (trial.number, name)
+        steps, values = columns.curve(row)
+        assert list(steps) == sorted(trial.intermediate_values)
+        for step, value in zip(steps, values, strict=True):
+            assert _same(trial.intermediate_values[step], value)
+        for key, value in trial.user_attrs.items():
+            assert columns.user_attrs[key][row] == value
+        started = columns.datetime_start[row]
+        assert (trial.datetime_start is None) == bool(np.isnat(started))
+    assert columns.distributions == {k: v for k, v in DISTRIBUTIONS.items()}
+    assert list(columns.rows_in("COMPLETE")) == [0, 4, 8, 12]
+
+
+def test_only_the_asked_attributes_are_read(storage_url: str, filled: str) -> None:
+    columns = read_trials(db.storage(storage_url).engine, filled, attr_keys=("epochs_done",))
+    assert set(columns.user_attrs) == {"epochs_done"}
+    assert read_trials(db.storage(storage_url).engine, filled, attr_keys=()).user_attrs == {}
+
+
+def test_summaries_count_and_pick_the_best_like_optuna(storage_url: str, filled: str) -> None:
+    storage = db.storage(storage_url)
+    rows = {row.name: row for row in study_summaries(storage.engine)}
+    for name in (filled, filled + "-min", filled + "-empty"):
+        study = db.load(storage_url, name)
+        trials = study.get_trials(deepcopy=False)
+        row = rows[name]
+        expected = {s.name: n for s in TrialState if (n := sum(t.state == s for t in trials))}
+        assert row.counts == expected and row.total == len(trials)
+        assert row.direction == study.direction.name.lower()
+        finite = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
+        if not finite:
+            assert row.best_value is None and row.best_number is None
+            continue
+        sign = 1 if row.direction == "maximize" else -1
+        best = max(finite, key=lambda t: (sign * t.value, -t.number))  # earliest of ties
+        assert (row.best_value, row.best_number) == (best.value, best.number)
+    assert rows[filled + "-min"].best_number == 1  # a tie goes to the earlier trial
+
+
+def test_an_unknown_study_is_named(storage_url: str, filled: str) -> None:
+    with pytest.raises(StudyNotFoundError, match="nope"):
+        read_trials(db.storage(storage_url).engine, "nope")
