@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.errors import StudyNotFoundError
-from search.store import read_trials, study_summaries
+from search.store import MISSING, read_trials, study_summaries
 from tests import db
 
 DISTRIBUTIONS = {
@@ -65,7 +67,51 @@ def filled(storage_url: str, study_name: str) -> str:
     other = optuna.create_study(study_name=study_name + "-min", storage=storage)
     other.add_trials([create_trial(value=v, state=TrialState.COMPLETE) for v in (3.0, 1.0, 1.0)])
     optuna.create_study(study_name=study_name + "-empty", storage=storage)
+    multi = optuna.create_study(
+        study_name=study_name + "-multi", storage=storage, directions=["maximize", "minimize"]
+    )
+    multi.add_trial(create_trial(values=[0.5, 2.0], state=TrialState.COMPLETE))
     return study_name
+
+
+def test_a_null_choice_is_a_value_not_a_missing_parameter(
+    tmp_path: pytest.TempPathFactory, study_name: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    choice = CategoricalDistribution([None, "cosine"])
+    study = optuna.create_study(study_name=study_name, storage=db.storage(url))
+    study.add_trial(create_trial(params={"schedule": None}, distributions={"schedule": choice},
+                                 value=1.0))  # fmt: skip
+    study.add_trial(create_trial(value=2.0))
+    columns = read_trials(db.storage(url).engine, study_name)
+    assert columns.params["schedule"][0] is None
+    assert columns.params["schedule"][1] is MISSING
+
+
+def test_a_trial_created_while_reading_is_left_out_not_a_crash(
+    tmp_path: pytest.TempPathFactory, study_name: str
+) -> None:
+    """A driver writes between the read layer's queries: the view is the study as of its
+    first query (plus later values of the trials it listed)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name=study_name, storage=db.storage(url))
+    study.add_trials([_trial(n) for n in range(4)])
+    engine = db.storage(url).engine
+    writer = optuna.load_study(study_name=study_name, storage=db.storage(url + "?writer=1"))
+
+    def write_after_trials(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if statement.lstrip().startswith("SELECT trial_id, number"):
+            trial = writer.ask()
+            trial.suggest_float("lr", 1e-4, 1.0, log=True)
+            trial.report(0.5, step=1)
+            trial.set_user_attr("stop_reason", "asha")
+
+    sqlalchemy.event.listen(engine, "after_cursor_execute", write_after_trials)
+    try:
+        columns = read_trials(engine, study_name)
+    finally:
+        sqlalchemy.event.remove(engine, "after_cursor_execute", write_after_trials)
+    assert len(columns) == 4 and len(db.load(url, study_name).trials) == 5
 
 
 def _same(a: float | None, b: float | None) -> bool:
@@ -84,15 +130,24 @@ def test_the_columns_equal_optunas_trials(storage_url: str, filled: str) -> None
         assert columns.state[row] == trial.state.name
         assert _same(trial.value, columns.value[row]), (trial.number, trial.value)
         for name in DISTRIBUTIONS:
-            assert columns.params[name][row] == trial.params.get(name), (trial.number, name)
+            expected = trial.params.get(name, MISSING)
+            assert columns.params[name][row] == expected, (trial.number, name)
         steps, values = columns.curve(row)
         assert list(steps) == sorted(trial.intermediate_values)
         for step, value in zip(steps, values, strict=True):
             assert _same(trial.intermediate_values[step], value)
         for key, value in trial.user_attrs.items():
             assert columns.user_attrs[key][row] == value
-        started = columns.datetime_start[row]
-        assert (trial.datetime_start is None) == bool(np.isnat(started))
+        stamps = (
+            (columns.datetime_start[row], trial.datetime_start),
+            (columns.datetime_complete[row], trial.datetime_complete),
+        )
+        for stored, shown in stamps:
+            if shown is None:
+                assert np.isnat(stored)
+            else:  # naive UTC here; Optuna shows local time
+                utc = shown.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+                assert stored == np.datetime64(utc, "us")
     assert columns.distributions == {k: v for k, v in DISTRIBUTIONS.items()}
     assert list(columns.rows_in("COMPLETE")) == [0, 4, 8, 12]
 
@@ -113,14 +168,17 @@ def test_summaries_count_and_pick_the_best_like_optuna(storage_url: str, filled:
         expected = {s.name: n for s in TrialState if (n := sum(t.state == s for t in trials))}
         assert row.counts == expected and row.total == len(trials)
         assert row.direction == study.direction.name.lower()
-        finite = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
-        if not finite:
+        if not any(t.state == TrialState.COMPLETE for t in trials):
             assert row.best_value is None and row.best_number is None
             continue
-        sign = 1 if row.direction == "maximize" else -1
-        best = max(finite, key=lambda t: (sign * t.value, -t.number))  # earliest of ties
-        assert (row.best_value, row.best_number) == (best.value, best.number)
+        best = study.best_trial
+        assert row.best_value == best.value
+        assert row.best_number == min(t.number for t in trials if t.value == best.value
+                                      and t.state == TrialState.COMPLETE)  # fmt: skip
+    assert rows[filled].best_value == math.inf  # Optuna's best counts infinite values too
     assert rows[filled + "-min"].best_number == 1  # a tie goes to the earlier trial
+    assert rows[filled + "-multi"].direction == "multi-objective"
+    assert rows[filled + "-multi"].best_value is None  # a Pareto front has no one best
 
 
 def test_an_unknown_study_is_named(storage_url: str, filled: str) -> None:

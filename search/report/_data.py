@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 
 from search.keys import Attr
-from search.store import TrialColumns
+from search.store import MISSING, TrialColumns
 
 FINISHED = ("COMPLETE", "PRUNED")
 # Up to this many trials, every learning curve is drawn; above it, quantile bands per state
@@ -51,7 +51,9 @@ def rung_view(columns: TrialColumns, epoch: int) -> optuna.Study:
     trials = []
     for row, value in zip(rows, values, strict=True):
         params = {
-            name: column[row] for name, column in columns.params.items() if column[row] is not None
+            name: column[row]
+            for name, column in columns.params.items()
+            if column[row] is not MISSING
         }
         trials.append(
             optuna.trial.create_trial(
@@ -142,7 +144,7 @@ def best_trials(columns: TrialColumns, limit: int = 10) -> list[dict[str, Any]]:
             "params": {
                 name: column[row]
                 for name, column in columns.params.items()
-                if column[row] is not None
+                if column[row] is not MISSING
             },
         }
         for row in best_rows(columns, limit)
@@ -151,22 +153,31 @@ def best_trials(columns: TrialColumns, limit: int = 10) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Compute:
-    """Where device time went: per final state, and what ASHA saved by stopping trials early
-    (each PRUNED trial's remaining epochs at its own seconds per epoch)."""
+    """Where device time went: per final state, and what ASHA saved by stopping trials early.
+
+    The saving counts each PRUNED trial's remaining epochs at its own average seconds per
+    epoch. A trial's first epoch carries one-time costs (``torch.compile``, cuDNN's autotuning,
+    moving the data to the device), so for trials stopped after one epoch this is an upper
+    bound."""
 
     seconds_by_state: dict[str, float]
     trials_by_state: dict[str, int]
+    timed_by_state: dict[str, int]  # trials that recorded their device time
     saved_seconds: float
-    max_epochs: int | None
+    max_epochs: int | None  # None: the study did not prune (no saving to count)
 
     @property
     def spent_seconds(self) -> float:
         return sum(self.seconds_by_state.values())
 
     @property
+    def finished_seconds(self) -> float:
+        return sum(self.seconds_by_state.get(state, 0.0) for state in FINISHED)
+
+    @property
     def saved_fraction(self) -> float:
-        """Of the device time every trial at max_epochs would have taken."""
-        whole = self.spent_seconds + self.saved_seconds
+        """Of what the finished trials would have taken had each run ``max_epochs``."""
+        whole = self.finished_seconds + self.saved_seconds
         return self.saved_seconds / whole if whole else 0.0
 
 
@@ -176,16 +187,18 @@ def compute(columns: TrialColumns, max_epochs: int | None) -> Compute:
     epochs = _numeric(columns, Attr.EPOCHS_DONE)
     by_state: dict[str, float] = {}
     counts: dict[str, int] = {}
+    timed: dict[str, int] = {}
     for state in dict.fromkeys(columns.state):
         mine = columns.state == state
         by_state[str(state)] = float(np.nansum(seconds[mine]))
         counts[str(state)] = int(mine.sum())
+        timed[str(state)] = int(np.isfinite(seconds[mine]).sum())
     saved = 0.0
     if max_epochs:
         pruned = (columns.state == "PRUNED") & (epochs > 0) & np.isfinite(seconds)
         per_epoch = seconds[pruned] / epochs[pruned]
         saved = float(np.sum(per_epoch * np.maximum(0, max_epochs - epochs[pruned])))
-    return Compute(by_state, counts, saved, max_epochs)
+    return Compute(by_state, counts, timed, saved, max_epochs)
 
 
 def _numeric(columns: TrialColumns, key: str) -> np.ndarray:

@@ -20,7 +20,7 @@ from search.report._data import (
     curve_bands,
     rung_values,
 )
-from search.store import TrialColumns
+from search.store import MISSING, TrialColumns
 
 STATE_COLOURS = {
     "COMPLETE": "#2ca02c",
@@ -172,16 +172,16 @@ def parallel_figure(columns: TrialColumns, epoch: int, metric: str, title: str) 
     dimensions = [{"label": f"{metric} @ {epoch}", "values": values}]
     for name in sorted(columns.params):
         column = columns.params[name][rows]
-        present = np.array([v is not None for v in column])
+        present = np.array([v is not MISSING for v in column])
         if not present.any():
             continue
         distribution = columns.distributions[name]
         if isinstance(distribution, optuna.distributions.CategoricalDistribution):
             choices = list(distribution.choices)
-            numeric = [choices.index(v) if v is not None else np.nan for v in column]
+            numeric = [choices.index(v) if v is not MISSING else np.nan for v in column]
             ticks = {"tickvals": list(range(len(choices))), "ticktext": [str(c) for c in choices]}
         else:
-            numeric = [float(v) if v is not None else np.nan for v in column]
+            numeric = [float(v) if v is not MISSING else np.nan for v in column]
             log = getattr(distribution, "log", False)
             numeric = list(np.log10(numeric)) if log else numeric
             ticks = {}

@@ -12,7 +12,7 @@ import optuna
 import plotly.graph_objects as go
 
 from search.errors import UserError
-from search.keys import StudyAttr
+from search.keys import Attr, StudyAttr
 from search.report._data import Compute, best_trials, compute, history, rung_epoch, rung_view
 from search.report._figures import (
     Importance,
@@ -58,7 +58,7 @@ def _compute_table(data: Compute) -> str:
         return _note("No device time recorded yet.")
     rows = [
         (state, str(data.trials_by_state[state]), f"{seconds:,.0f}",
-         f"{seconds / data.trials_by_state[state]:,.1f}")
+         f"{seconds / data.timed_by_state[state]:,.1f}" if data.timed_by_state[state] else "")
         for state, seconds in data.seconds_by_state.items()
     ]  # fmt: skip
     rows.append(("all", str(sum(data.trials_by_state.values())), f"{data.spent_seconds:,.0f}", ""))
@@ -69,9 +69,11 @@ def _compute_table(data: Compute) -> str:
     saved = ""
     if data.max_epochs:
         saved = _note(
-            f"ASHA saved {data.saved_seconds:,.0f} device-seconds ({data.saved_fraction:.0%} of "
-            f"running every trial to {data.max_epochs} epochs), counting each pruned trial's "
-            "remaining epochs at its own seconds per epoch."
+            f"ASHA saved about {data.saved_seconds:,.0f} device-seconds "
+            f"({data.saved_fraction:.0%} of what the finished trials would have taken at "
+            f"{data.max_epochs} epochs each): each pruned trial's remaining epochs at its own "
+            "average seconds per epoch, an upper bound where a trial's first epoch carried "
+            "one-time costs (compilation, autotuning)."
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{saved}"
 
@@ -121,7 +123,13 @@ def _search_figures(
 def build_report(storage_url: str, study_name: str, importance: Importance = "ped-anova") -> str:
     """The whole report of ``study_name`` as one HTML string."""
     study = load_study_readonly(study_name, storage_url)
-    columns = read_trials(open_storage_readonly(storage_url).engine, study_name)
+    # Only the attributes the figures use: a trial also carries its whole config, paths and
+    # tracebacks, which would be decoded for nothing.
+    columns = read_trials(
+        open_storage_readonly(storage_url).engine,
+        study_name,
+        attr_keys=(Attr.EPOCHS_DONE, Attr.WALL_SECONDS, Attr.TRAIN_SECONDS),
+    )
     study_attrs = study.user_attrs
     study_file = study_attrs.get(StudyAttr.STUDY_FILE, {})
     metric = study_file.get("objective", {}).get("metric", "objective")
@@ -144,8 +152,9 @@ def build_report(storage_url: str, study_name: str, importance: Importance = "pe
     figures.append(("Learning curves", learning_curve_figure(columns, metric)))
     if StudyAttr.ABLATION not in study_attrs:
         figures.append(("Best trials", _table(best_trials(columns), metric)))
-    max_epochs = study_file.get("asha", {}).get("max_epochs") or study_file.get("epochs")
-    figures.append(("Compute", _compute_table(compute(columns, max_epochs))))
+    asha = study_file.get("asha", {})
+    pruning = asha.get("enabled", True) and asha.get("max_epochs")
+    figures.append(("Compute", _compute_table(compute(columns, pruning or None))))
 
     parts = []
     plotly_included = False

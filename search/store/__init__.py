@@ -27,7 +27,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "load_study_readonly",
         ),
         "._provenance": ("git_sha", "host", "package_version"),
-        "._columns": ("StudySummary", "TrialColumns", "read_trials", "study_summaries"),
+        "._columns": ("MISSING", "StudySummary", "TrialColumns", "read_trials", "study_summaries"),
         "._refs": (
             "best_checkpoint",
             "check_same_split",
@@ -38,7 +38,13 @@ __all__, __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from search.store._columns import StudySummary, TrialColumns, read_trials, study_summaries
+    from search.store._columns import (
+        MISSING,
+        StudySummary,
+        TrialColumns,
+        read_trials,
+        study_summaries,
+    )
     from search.store._lease import DriverLease, LeaseHeldError, LeaseHolder, LeaseLostError
     from search.store._open import (
         check_storage,

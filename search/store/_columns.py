@@ -1,17 +1,21 @@
 """Studies read in a few SQL queries, into columns: the read layer of listings and reports.
 
 ``optuna.load_study(...).get_trials()`` builds one ``FrozenTrial`` per trial, with its own
-dictionaries of parameters, distributions, intermediate values and attributes: 4.6 s for a
+dictionaries of parameters, distributions, intermediate values and attributes: 2.8 s for a
 10,000-trial study on a 2-core machine, and ``studies`` used to load every trial of every
-study just to count them. Here a listing is two aggregate queries, and a study's trials are
-five queries whose rows land in NumPy arrays.
+study just to count them. Here a listing is a few aggregate queries, and a study's trials are
+one query per table whose rows land in NumPy arrays.
 
 The tables are Optuna's RDB schema (``studies``, ``study_directions``, ``trials``,
 ``trial_values``, ``trial_params``, ``trial_intermediate_values``,
-``trial_user_attributes``; schema version ``v3.2.0.a``, unchanged through Optuna 5.0, which
-``store._schema`` checks when the storage is opened). This is the only module that queries
-them directly; ``tests/test_columns.py`` checks it against ``optuna.load_study`` on SQLite and
-PostgreSQL.
+``trial_user_attributes``; Optuna's schema ``v3.2.0.a``, unchanged from Optuna 3.2 through
+5.0, the versions pyproject.toml allows). This module reads them (``_synthetic`` writes them,
+for benchmarks only); ``tests/test_columns.py`` checks it against ``optuna.load_study`` on
+SQLite and PostgreSQL.
+
+A driver may write while this reads, and the queries do not share a snapshot: a trial
+created after the ``trials`` query is left out of every later one (its rows are skipped), so
+the result is the study as of that query plus later values of the trials it listed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,18 @@ from search.errors import StudyNotFoundError
 
 # How Optuna stores a value that is not a finite float (SQLAlchemy Enum columns hold names).
 _SPECIAL = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+MULTI_OBJECTIVE = "multi-objective"
+
+
+class _Missing:
+    """The value of a parameter a trial does not have (``None`` can be a categorical
+    choice)."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
 
 
 @dataclass(frozen=True)
@@ -38,8 +54,8 @@ class StudySummary:
     """One study of a storage: trial counts by state and the best COMPLETE value."""
 
     name: str
-    direction: str  # "maximize" | "minimize"
-    counts: dict[str, int]
+    direction: str  # "maximize" | "minimize" | "multi-objective"
+    counts: dict[str, int]  # only the states that occur
     best_value: float | None
     best_number: int | None
 
@@ -52,9 +68,10 @@ class StudySummary:
 class TrialColumns:
     """A study's trials as columns, one row per trial in trial-number order.
 
-    ``params[name][row]`` is the external value (None where the trial has no such
+    ``params[name][row]`` is the external value (:data:`MISSING` where the trial has no such
     parameter); the curves (intermediate values) are three aligned arrays, sorted by row and
-    step; ``user_attrs[key][row]`` is the decoded JSON value, or None.
+    step; ``user_attrs[key][row]`` is the decoded JSON value, or None. Datetimes are naive
+    UTC, as stored (Optuna's ``FrozenTrial`` shows them in local time).
     """
 
     study_name: str
@@ -84,12 +101,15 @@ class TrialColumns:
 
 
 def study_summaries(engine: sa.Engine) -> list[StudySummary]:
-    """Every study with its counts by state and best value: aggregate queries only."""
+    """Every study with its counts by state and best value (as ``study.best_trial`` picks
+    it; the earliest trial of a tie): aggregate queries only."""
     with engine.connect() as connection:
         studies = connection.execute(
             sa.text(
-                "SELECT s.study_id, s.study_name, d.direction FROM studies s "
-                "JOIN study_directions d ON d.study_id = s.study_id AND d.objective = 0"
+                "SELECT s.study_id, s.study_name, d.direction, n.objectives FROM studies s "
+                "JOIN study_directions d ON d.study_id = s.study_id AND d.objective = 0 "
+                "JOIN (SELECT study_id, COUNT(*) AS objectives FROM study_directions "
+                "      GROUP BY study_id) n ON n.study_id = s.study_id"
             )
         ).all()
         counts: dict[int, dict[str, int]] = defaultdict(dict)
@@ -101,12 +121,13 @@ def study_summaries(engine: sa.Engine) -> list[StudySummary]:
         for direction in ("MAXIMIZE", "MINIMIZE"):
             best.update(_best_values(connection, direction))
     rows = []
-    for study_id, name, direction in studies:
-        found = best.get(study_id)
+    for study_id, name, direction, objectives in studies:
+        # A multi-objective study has a Pareto front, not one best trial.
+        found = best.get(study_id) if objectives == 1 else None
         rows.append(
             StudySummary(
                 name=name,
-                direction=_name(direction).lower(),
+                direction=_name(direction).lower() if objectives == 1 else MULTI_OBJECTIVE,
                 counts=counts.get(study_id, {}),
                 best_value=found[0] if found else None,
                 best_number=found[1] if found else None,
@@ -116,25 +137,42 @@ def study_summaries(engine: sa.Engine) -> list[StudySummary]:
 
 
 def _best_values(connection: sa.Connection, direction: str) -> dict[int, tuple[float, int]]:
-    """study_id -> (best finite value, lowest trial number holding it) for studies of one
-    direction; ties go to the earliest trial."""
-    pick = "MAX" if direction == "MAXIMIZE" else "MIN"
-    rows = connection.execute(
+    """study_id -> (best value, earliest trial holding it) over the COMPLETE trials of the
+    studies of one direction. Infinite values count, as they do for Optuna's best_trial."""
+    pick, infinite = ("MAX", "INF_POS") if direction == "MAXIMIZE" else ("MIN", "INF_NEG")
+    # The best finite value per study is computed once (a grouped subquery), then joined.
+    finite_best = (
+        f"JOIN (SELECT t2.study_id AS sid, {pick}(v2.value) AS best FROM trials t2 "
+        "      JOIN trial_values v2 ON v2.trial_id = t2.trial_id AND v2.objective = 0 "
+        "      WHERE t2.state = 'COMPLETE' AND v2.value_type = 'FINITE' "
+        "      GROUP BY t2.study_id) b ON b.sid = t.study_id "
+    )
+    of_direction = (
+        "FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+        "JOIN study_directions d ON d.study_id = t.study_id AND d.objective = 0 "
+        "{join}WHERE t.state = 'COMPLETE' AND CAST(d.direction AS VARCHAR(16)) = :direction "
+    )
+    best: dict[int, tuple[float, int]] = {}
+    for study_id, value, number in connection.execute(
         sa.text(
-            f"SELECT t.study_id, v.value, MIN(t.number) FROM trials t "  # noqa: S608 - fixed
-            "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            "JOIN study_directions d ON d.study_id = t.study_id AND d.objective = 0 "
-            f"JOIN (SELECT t2.study_id AS sid, {pick}(v2.value) AS best FROM trials t2 "
-            "      JOIN trial_values v2 ON v2.trial_id = t2.trial_id AND v2.objective = 0 "
-            "      WHERE t2.state = 'COMPLETE' AND v2.value_type = 'FINITE' "
-            "      GROUP BY t2.study_id) b ON b.sid = t.study_id AND v.value = b.best "
-            "WHERE t.state = 'COMPLETE' AND v.value_type = 'FINITE' "
-            "AND CAST(d.direction AS VARCHAR(16)) = :direction "
+            "SELECT t.study_id, v.value, MIN(t.number) "
+            + of_direction.format(join=finite_best)
+            + "AND v.value_type = 'FINITE' AND v.value = b.best "
             "GROUP BY t.study_id, v.value"
         ),
         {"direction": direction},
-    )
-    return {study_id: (float(value), int(number)) for study_id, value, number in rows}
+    ):
+        best[study_id] = (float(value), int(number))
+    for study_id, number in connection.execute(
+        sa.text(
+            "SELECT t.study_id, MIN(t.number) "
+            + of_direction.format(join="")
+            + "AND CAST(v.value_type AS VARCHAR(16)) = :infinite GROUP BY t.study_id"
+        ),
+        {"direction": direction, "infinite": infinite},
+    ):
+        best[study_id] = (_SPECIAL[infinite], int(number))
+    return best
 
 
 def read_trials(
@@ -171,7 +209,8 @@ def read_trials(
             ),
             of_study,
         ):
-            value[row_of[trial_id]] = _float(stored, kind)
+            if trial_id in row_of:
+                value[row_of[trial_id]] = _float(stored, kind)
         params, distributions = _params(connection, of_study, row_of, len(trials))
         curve_row, curve_step, curve_value = _curves(connection, of_study, row_of)
         user_attrs = _user_attrs(connection, of_study, row_of, len(trials), attr_keys)
@@ -206,12 +245,14 @@ def _params(
         ),
         of_study,
     ):
+        if trial_id not in row_of:
+            continue  # created after the trials query: not in this view
         distribution = parsed.get(distribution_json)
         if distribution is None:
             distribution = parsed[distribution_json] = json_to_distribution(distribution_json)
         column = params.get(name)
         if column is None:
-            column = params[name] = np.full(n, None, dtype=object)
+            column = params[name] = np.full(n, MISSING, dtype=object)
         column[row_of[trial_id]] = distribution.to_external_repr(internal)
         distributions.setdefault(name, distribution)
     return params, distributions
@@ -228,6 +269,7 @@ def _curves(
         ),
         of_study,
     ).all()
+    rows = [r for r in rows if r[0] in row_of]
     trial_row = np.array([row_of[r[0]] for r in rows], dtype=np.int64)
     step = np.array([r[1] for r in rows], dtype=np.int64)
     values = np.array([_float(r[2], r[3]) for r in rows], dtype=np.float64)
@@ -257,6 +299,8 @@ def _user_attrs(
         statement = statement.bindparams(sa.bindparam("keys", expanding=True))
     attrs: dict[str, np.ndarray] = {}
     for trial_id, key, value_json in connection.execute(statement, parameters):
+        if trial_id not in row_of:
+            continue
         column = attrs.get(key)
         if column is None:
             column = attrs[key] = np.full(n, None, dtype=object)
@@ -275,4 +319,4 @@ def _float(stored: float | None, kind: Any) -> float:
 
 
 def _datetimes(values: list[datetime | None]) -> np.ndarray:
-    return np.array([np.datetime64(v, "us") if v else np.datetime64("NaT") for v in values])
+    return np.array([v if v else None for v in values], dtype="datetime64[us]")
