@@ -145,6 +145,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from search.report import build_app
+
+    app = build_app(args.storage, refresh_s=args.refresh_s)
+    print(f"serving {args.storage} read-only at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    app.run(host=args.host, port=args.port, debug=False)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_args[:1] == ["report"]:
         from search.report.bench import main as report_bench
@@ -164,6 +173,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} trials: give 1 or more")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} s: give a positive number of seconds")
     return value
 
 
@@ -214,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="importance evaluator (PED-ANOVA is fast; fANOVA fits random forests)",
     )
     report.set_defaults(handler=_cmd_report)
+
+    serve = commands.add_parser(
+        "serve", help="a live, read-only dashboard of the storage's studies (Dash)"
+    )
+    serve.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8050, help="default 8050")
+    serve.add_argument(
+        "--refresh-s",
+        type=_positive_seconds,
+        default=5.0,
+        help="seconds between redraws (default 5)",
+    )
+    serve.set_defaults(handler=_cmd_serve)
 
     table = commands.add_parser(
         "ablation-table", help="the table of an ablation study: arms, CIs, paired deltas"

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("model", "spaces", "search")
-HEAVY = ("torch", "torchvision", "ray", "plotly", "sklearn", "scipy")
+HEAVY = ("torch", "torchvision", "ray", "plotly", "dash", "sklearn", "scipy")
 # Each layer may import only from the layers after it (and from itself).
 LAYERS = (
     ("search.cli", "search.__main__"),

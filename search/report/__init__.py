@@ -10,6 +10,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "._html": ("build_report", "write_report"),
+        "._dashboard": ("build_app",),
         "._data": ("best_trials", "curve_bands", "history", "rung_epoch", "rung_view"),
         "._figures": ("learning_curve_figure", "parallel_figure"),
         "._ablation": ("arm_curves", "forest_figure"),
@@ -18,6 +19,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
 
 if TYPE_CHECKING:
     from search.report._ablation import arm_curves, forest_figure
+    from search.report._dashboard import build_app
     from search.report._data import best_trials, curve_bands, history, rung_epoch, rung_view
     from search.report._figures import learning_curve_figure, parallel_figure
     from search.report._html import build_report, write_report

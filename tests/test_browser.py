@@ -1,0 +1,135 @@
+"""A real browser (headless Chromium) on the live dashboard and on the offline report.
+
+Screenshots of each page are written under the test's temporary folder. `.ci/run` installs
+Debian's chromium and chromium-driver when they are missing; elsewhere the tests skip
+without them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.report import build_app, write_report
+from tests import db
+
+pytestmark = pytest.mark.slow  # a browser process
+
+
+def _trial(number: int, value: float | None, state: TrialState = TrialState.COMPLETE) -> object:
+    return create_trial(
+        params={"lr": 0.01 * (number + 1), "optimizer": ["sgd", "adam"][number % 2]},
+        distributions={
+            "lr": FloatDistribution(1e-4, 1.0, log=True),
+            "optimizer": CategoricalDistribution(["sgd", "adam"]),
+        },  # fmt: skip
+        value=value,
+        state=state,
+        intermediate_values={1: 0.3 + 0.01 * number, 2: value if value is not None else 0.35},
+        user_attrs={"epochs_done": 2, "train_seconds": 3.0},
+    )
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI"):
+            raise AssertionError("CI needs chromium and chromedriver (.ci/run installs them)")
+        pytest.skip("no chromium/chromedriver")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"):
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+@pytest.fixture
+def served(tmp_path: Path, study_name: str) -> Iterator[tuple[str, optuna.Study]]:
+    """The dashboard over a study with two trials, on a free port of 127.0.0.1."""
+    from werkzeug.serving import make_server
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name=study_name, storage=db.storage(url),
+                                direction="maximize")  # fmt: skip
+    study.add_trials([_trial(0, 0.9), _trial(1, None, TrialState.PRUNED)])
+    server = make_server("127.0.0.1", 0, build_app(url, refresh_s=0.5).server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", study
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def _wait_for_text(browser: object, selector: str, text: str, timeout: float = 30) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout).until(
+        expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text)
+    )
+
+
+def test_the_dashboard_shows_the_database_and_a_new_trial_without_a_reload(
+    browser: object, served: tuple[str, optuna.Study], tmp_path: Path, study_name: str
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    address, study = served
+    browser.get(address + "/")
+    _wait_for_text(browser, "#studies", study_name)
+    row = browser.find_element(By.ID, f"study-{study_name}").text
+    assert "0.9000 (#0)" in row and " 2 " in f" {row} "  # best, and 2 trials
+    browser.save_screenshot(str(tmp_path / "studies.png"))
+
+    marker = browser.execute_script("window.notReloaded = true; return window.notReloaded")
+    study.add_trial(_trial(2, 0.95))  # a driver writes while the page is open
+    _wait_for_text(browser, f"#study-{study_name}", "0.9500 (#2)")
+    assert browser.execute_script("return window.notReloaded") is marker  # same page
+
+    browser.find_element(By.LINK_TEXT, study_name).click()
+    _wait_for_text(browser, "#counts", "COMPLETE 2, PRUNED 1")
+    WebDriverWait(browser, 30).until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 3
+    )
+    best = browser.find_element(By.ID, "best").text
+    assert best.splitlines()[1].startswith("2 0.9500")  # the best trial heads the table
+    browser.save_screenshot(str(tmp_path / "study.png"))
+
+
+def test_the_report_opens_offline(browser: object, tmp_path: Path, study_name: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name=study_name, storage=db.storage(url),
+                                direction="maximize")  # fmt: skip
+    study.add_trials([_trial(n, 0.5 + n / 100) for n in range(6)])
+    page = write_report(url, study_name, tmp_path / "report.html")
+    browser.get(page.resolve().as_uri())
+    WebDriverWait(browser, 30).until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 3
+    )
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert [name for name in fetched if name.startswith(("http:", "https:"))] == []
+    browser.save_screenshot(str(tmp_path / "report.png"))

@@ -1,0 +1,96 @@
+"""The live dashboard over HTTP (Dash's own protocol, through its Flask test client): pages
+built from the database, a trial written meanwhile shown on the next refresh, nothing written
+by any route, and a bad storage refused at start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.errors import StorageError
+from search.report import build_app
+from tests import db
+
+
+def _trial(value: float | None, state: TrialState = TrialState.COMPLETE) -> object:
+    return create_trial(
+        params={"lr": 0.01},
+        distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)},
+        value=value,
+        state=state,
+        intermediate_values={1: 0.4, 2: value if value is not None else 0.3},
+        user_attrs={"epochs_done": 2, "train_seconds": 3.0},
+    )
+
+
+def _refresh(client: object, pathname: str, tick: int) -> str:
+    """What the browser's timer asks for: the page callback, as Dash posts it."""
+    body = {
+        "output": "page.children",
+        "outputs": {"id": "page", "property": "children"},
+        "inputs": [
+            {"id": "url", "property": "pathname", "value": pathname},
+            {"id": "tick", "property": "n_intervals", "value": tick},
+        ],
+        "changedPropIds": ["tick.n_intervals"],
+        "state": [],
+    }
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200, response.data[:500]
+    return json.dumps(response.get_json())
+
+
+def test_pages_follow_the_database_without_a_reload(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name=study_name, storage=db.storage(url),
+                                direction="maximize")  # fmt: skip
+    study.add_trials([_trial(0.9), _trial(None, TrialState.PRUNED)])
+    client = build_app(url, refresh_s=0.5).server.test_client()
+
+    index = client.get("/")
+    assert index.status_code == 200 and b"resnet-hpo" in index.data
+    listing = _refresh(client, "/", 1)
+    assert study_name in listing and "0.9000 (#0)" in listing
+    assert f'"/study/{study_name}"' in listing  # a link to the study's page
+
+    page = _refresh(client, f"/study/{study_name}", 1)
+    assert "COMPLETE 1, PRUNED 1, FAIL 0, RUNNING 0" in page
+    for graph in ("history", "curves"):
+        assert f'"id": "{graph}"' in page
+
+    # A driver writes a better trial: the next timer tick shows it, no reload.
+    study.add_trial(_trial(0.95))
+    assert "0.9500 (#2)" in _refresh(client, "/", 2)
+    assert "COMPLETE 2, PRUNED 1" in _refresh(client, f"/study/{study_name}", 2)
+    assert len(db.load(url, study_name).trials) == 3  # only the test wrote
+
+
+def test_an_unknown_study_page_says_so(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(study_name=study_name, storage=db.storage(url))
+    client = build_app(url).server.test_client()
+    assert "no study named 'nope'" in _refresh(client, "/study/nope", 1)
+
+
+def test_a_storage_that_cannot_be_read_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no study database"):
+        build_app(f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()  # read-only: nothing created
+
+
+def test_serve_refuses_bad_input_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.cli import main
+
+    assert main(["serve", "--storage", f"sqlite:///{tmp_path / 'missing.db'}"]) == 2
+    assert "no study database" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--refresh-s", "0"])
+    assert exit_info.value.code == 2
+    assert "give a positive number of seconds" in capsys.readouterr().err
