@@ -146,10 +146,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
     from search.report import build_app
+    from search.store import safe_url
 
     app = build_app(args.storage, refresh_s=args.refresh_s)
-    print(f"serving {args.storage} read-only at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    # Bind first, so that a port in use or an address this machine does not have is one
+    # line and exit 2, before anything says it is serving.
+    try:
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot listen on {args.host}:{args.port}: {error.strerror or error}; pick another "
+            "--port (or --host)"
+        ) from None
+    print(
+        f"serving {safe_url(args.storage)} read-only at http://{args.host}:{args.port}/ "
+        "(Ctrl-C stops)",
+        flush=True,
+    )
     app.run(host=args.host, port=args.port, debug=False)
     return 0
 
@@ -176,13 +193,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_seconds(text: str) -> float:
+def _refresh_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} s: give a positive number of seconds")
+    if not 0.5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value:g} s: give 0.5 to 3600 seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is 1 to 65535")
     return value
 
 
@@ -241,10 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
-    serve.add_argument("--port", type=int, default=8050, help="default 8050")
+    serve.add_argument("--port", type=_port, default=8050, help="default 8050")
     serve.add_argument(
         "--refresh-s",
-        type=_positive_seconds,
+        type=_refresh_seconds,
         default=5.0,
         help="seconds between redraws (default 5)",
     )

@@ -49,7 +49,8 @@ def browser() -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1200,1600"):  # fmt: skip
         options.add_argument(flag)
     session = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
     try:
@@ -106,12 +107,15 @@ def test_the_dashboard_shows_the_database_and_a_new_trial_without_a_reload(
     assert browser.execute_script("return window.notReloaded") is marker  # same page
 
     browser.find_element(By.LINK_TEXT, study_name).click()
-    _wait_for_text(browser, "#counts", "COMPLETE 2, PRUNED 1")
+    _wait_for_text(browser, "#counts", "Trials: COMPLETE 2, PRUNED 1.")
+    # History, importance, parallel coordinates, learning curves: four graphs drawn.
     WebDriverWait(browser, 30).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 3
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 4
     )
-    best = browser.find_element(By.ID, "best").text
-    assert best.splitlines()[1].startswith("2 0.9500")  # the best trial heads the table
+    best = browser.find_element(
+        By.XPATH, "//h2[text()='Best trials']/following-sibling::*[1]//tbody/tr[1]"
+    ).text
+    assert best.startswith("2 0.9500")  # the best trial heads the table
     browser.save_screenshot(str(tmp_path / "study.png"))
 
 
@@ -124,9 +128,16 @@ def test_the_report_opens_offline(browser: object, tmp_path: Path, study_name: s
                                 direction="maximize")  # fmt: skip
     study.add_trials([_trial(n, 0.5 + n / 100) for n in range(6)])
     page = write_report(url, study_name, tmp_path / "report.html")
+    # No network at all: the page must bring everything it draws with.
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0},
+    )
     browser.get(page.resolve().as_uri())
+    # History, importance, parallel coordinates, learning curves: four graphs drawn.
     WebDriverWait(browser, 30).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 3
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 4
     )
     fetched = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"

@@ -4,7 +4,9 @@ by any route, and a bad storage refused at start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 from pathlib import Path
 
 import optuna
@@ -51,7 +53,17 @@ def test_pages_follow_the_database_without_a_reload(tmp_path: Path, study_name: 
                                 direction="maximize")  # fmt: skip
     study.add_trials([_trial(0.9), _trial(None, TrialState.PRUNED)])
     client = build_app(url, refresh_s=0.5).server.test_client()
+    layout = json.dumps(client.get("/_dash-layout").get_json())
+    assert '"interval": 500' in layout and '"id": "tick"' in layout  # the page's own timer
 
+    def on_disk() -> str:
+        """The database's bytes, WAL included, once the test's own writer has closed."""
+        db.close_all()
+        # The -shm file is SQLite's shared index of the WAL: readers update it too.
+        files = [f for f in sorted(tmp_path.glob("studies.db*")) if f.suffix != ".db-shm"]
+        return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+    written = on_disk()
     index = client.get("/")
     assert index.status_code == 200 and b"resnet-hpo" in index.data
     listing = _refresh(client, "/", 1)
@@ -59,15 +71,21 @@ def test_pages_follow_the_database_without_a_reload(tmp_path: Path, study_name: 
     assert f'"/study/{study_name}"' in listing  # a link to the study's page
 
     page = _refresh(client, f"/study/{study_name}", 1)
-    assert "COMPLETE 1, PRUNED 1, FAIL 0, RUNNING 0" in page
-    for graph in ("history", "curves"):
-        assert f'"id": "{graph}"' in page
+    assert "Trials: COMPLETE 1, PRUNED 1." in page
+    # The offline report's sections, in its order.
+    titles = ["Optimization history (COMPLETE trials)", "Learning curves", "Best trials",
+              "Compute"]  # fmt: skip
+    positions = [page.index(f'"children": "{title}"') for title in titles]
+    assert positions == sorted(positions)
+    assert page.count('"type": "Graph"') >= 2
+    assert on_disk() == written  # no route wrote
 
     # A driver writes a better trial: the next timer tick shows it, no reload.
     study.add_trial(_trial(0.95))
+    written = on_disk()
     assert "0.9500 (#2)" in _refresh(client, "/", 2)
-    assert "COMPLETE 2, PRUNED 1" in _refresh(client, f"/study/{study_name}", 2)
-    assert len(db.load(url, study_name).trials) == 3  # only the test wrote
+    assert "Trials: COMPLETE 2, PRUNED 1." in _refresh(client, f"/study/{study_name}", 2)
+    assert on_disk() == written
 
 
 def test_an_unknown_study_page_says_so(tmp_path: Path, study_name: str) -> None:
@@ -93,4 +111,14 @@ def test_serve_refuses_bad_input_with_exit_code_2(
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--refresh-s", "0"])
     assert exit_info.value.code == 2
-    assert "give a positive number of seconds" in capsys.readouterr().err
+    assert "give 0.5 to 3600 seconds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--port", "70000"])
+    assert "a port is 1 to 65535" in capsys.readouterr().err
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(study_name="s", storage=db.storage(url))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--storage", url, "--port", port]) == 2
+    error = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in error.err and "serving" not in error.out

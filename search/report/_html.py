@@ -4,6 +4,7 @@ offline) drawn from the read layer's columns, so it stays small and quick at 10,
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ from search.report._figures import (
     learning_curve_figure,
     parallel_figure,
 )
-from search.store import TrialColumns, load_study_readonly, open_storage_readonly, read_trials
+from search.store import (
+    MULTI_OBJECTIVE,
+    TrialColumns,
+    load_study_readonly,
+    open_storage_readonly,
+    read_trials,
+)
 
 # Below this many trials per searched parameter, an importance ranking is mostly noise (on
 # the quickstart's 11 trials PED-ANOVA ranked `momentum`, present in a minority of them, at
@@ -62,7 +69,9 @@ def _compute_table(data: Compute) -> str:
         for state, seconds in data.seconds_by_state.items()
     ]  # fmt: skip
     rows.append(("all", str(sum(data.trials_by_state.values())), f"{data.spent_seconds:,.0f}", ""))
-    head = "".join(f"<th>{h}</th>" for h in ("state", "trials", "device s", "s per trial"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("state", "trials", "device s", "s per trial with device time")
+    )
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
@@ -120,8 +129,22 @@ def _search_figures(
     return figures
 
 
-def build_report(storage_url: str, study_name: str, importance: Importance = "ped-anova") -> str:
-    """The whole report of ``study_name`` as one HTML string."""
+@dataclass(frozen=True)
+class ReportContent:
+    """What a study's report shows: the header's facts and its sections, each a plotly
+    figure or an HTML fragment. The offline file and the live dashboard draw the same."""
+
+    study_name: str
+    metric: str
+    direction: str
+    summary: str  # trials by state
+    provenance: str
+    sections: list[tuple[str, go.Figure | str]]
+
+
+def report_content(
+    storage_url: str, study_name: str, importance: Importance = "ped-anova"
+) -> ReportContent:
     study = load_study_readonly(study_name, storage_url)
     # Only the attributes the figures use: a trial also carries its whole config, paths and
     # tracebacks, which would be decoded for nothing.
@@ -130,6 +153,11 @@ def build_report(storage_url: str, study_name: str, importance: Importance = "pe
         study_name,
         attr_keys=(Attr.EPOCHS_DONE, Attr.WALL_SECONDS, Attr.TRAIN_SECONDS),
     )
+    if columns.direction == MULTI_OBJECTIVE:
+        raise UserError(
+            f"study {study_name!r} has several objectives; reports draw single-objective "
+            "studies (Optuna's optuna.visualization draws Pareto fronts)"
+        )
     study_attrs = study.user_attrs
     study_file = study_attrs.get(StudyAttr.STUDY_FILE, {})
     metric = study_file.get("objective", {}).get("metric", "objective")
@@ -139,47 +167,53 @@ def build_report(storage_url: str, study_name: str, importance: Importance = "pe
         f"{state} {n}" for state, n in sorted(zip(states, counts, strict=True),
                                               key=lambda sn: order.get(sn[0], 99))
     ) or "no trials"  # fmt: skip
-    figures: list[tuple[str, go.Figure | str]] = []
+    sections: list[tuple[str, go.Figure | str]] = []
     if StudyAttr.ABLATION in study_attrs:
         # An ablation is no search: history, importance and best trials would rank seeds.
         # Imported here: the ablation statistics load scipy (~0.5 s), which a search's
         # report does not need.
         from search.report._ablation import ablation_figures
 
-        figures += ablation_figures(study, metric)
+        sections += ablation_figures(study, metric)
     else:
-        figures += _search_figures(columns, metric, importance)
-    figures.append(("Learning curves", learning_curve_figure(columns, metric)))
+        sections += _search_figures(columns, metric, importance)
+    sections.append(("Learning curves", learning_curve_figure(columns, metric)))
     if StudyAttr.ABLATION not in study_attrs:
-        figures.append(("Best trials", _table(best_trials(columns), metric)))
+        sections.append(("Best trials", _table(best_trials(columns), metric)))
     asha = study_file.get("asha", {})
     pruning = asha.get("enabled", True) and asha.get("max_epochs")
-    figures.append(("Compute", _compute_table(compute(columns, pruning or None))))
-
-    parts = []
-    plotly_included = False
-    for title, content in figures:
-        if isinstance(content, go.Figure):
-            body = content.to_html(full_html=False, include_plotlyjs=not plotly_included)
-            plotly_included = True
-        else:
-            body = content
-        parts.append(_section(title, body))
-    provenance = html.escape(
+    sections.append(("Compute", _compute_table(compute(columns, pruning or None))))
+    provenance = (
         f"package {study_attrs.get(StudyAttr.PACKAGE_VERSION, '?')}, "
         f"git {study_attrs.get(StudyAttr.GIT_SHA) or '?'}"
     )
+    return ReportContent(study_name, metric, columns.direction, summary, provenance, sections)
+
+
+def build_report(storage_url: str, study_name: str, importance: Importance = "ped-anova") -> str:
+    """The whole report of ``study_name`` as one HTML string (plotly.js embedded once)."""
+    content = report_content(storage_url, study_name, importance)
+    parts = []
+    plotly_included = False
+    for title, section in content.sections:
+        if isinstance(section, go.Figure):
+            body = section.to_html(full_html=False, include_plotlyjs=not plotly_included)
+            plotly_included = True
+        else:
+            body = section
+        parts.append(_section(title, body))
+    name = html.escape(study_name)
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>resnet-hpo report: {html.escape(study_name)}</title>
+<html><head><meta charset="utf-8"><title>resnet-hpo report: {name}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; }}
 table {{ border-collapse: collapse; font-size: 0.85rem; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
 .note {{ color: #555; font-style: italic; }}
 </style></head><body>
-<h1>Study {html.escape(study_name)}</h1>
-<p>Objective: {html.escape(metric)} ({columns.direction}).
-Trials: {html.escape(summary)}. Provenance: {provenance}.</p>
+<h1>Study {name}</h1>
+<p>Objective: {html.escape(content.metric)} ({content.direction}).
+Trials: {html.escape(content.summary)}. Provenance: {html.escape(content.provenance)}.</p>
 {"".join(parts)}
 </body></html>
 """

@@ -17,6 +17,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "open_storage",
             "open_storage_readonly",
             "reading",
+            "safe_url",
         ),
         "._schema": ("SCHEMA_VERSION", "check_schema", "ensure_schema"),
         "._lease": ("DriverLease", "LeaseHeldError", "LeaseHolder", "LeaseLostError"),
@@ -27,7 +28,14 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "load_study_readonly",
         ),
         "._provenance": ("git_sha", "host", "package_version"),
-        "._columns": ("MISSING", "StudySummary", "TrialColumns", "read_trials", "study_summaries"),
+        "._columns": (
+            "MISSING",
+            "MULTI_OBJECTIVE",
+            "StudySummary",
+            "TrialColumns",
+            "read_trials",
+            "study_summaries",
+        ),
         "._refs": (
             "best_checkpoint",
             "check_same_split",
@@ -40,6 +48,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
 if TYPE_CHECKING:
     from search.store._columns import (
         MISSING,
+        MULTI_OBJECTIVE,
         StudySummary,
         TrialColumns,
         read_trials,
@@ -53,6 +62,7 @@ if TYPE_CHECKING:
         open_storage,
         open_storage_readonly,
         reading,
+        safe_url,
     )
     from search.store._provenance import git_sha, host, package_version
     from search.store._read import (

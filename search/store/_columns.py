@@ -183,14 +183,15 @@ def read_trials(
     with engine.connect() as connection:
         found = connection.execute(
             sa.text(
-                "SELECT s.study_id, d.direction FROM studies s JOIN study_directions d "
+                "SELECT s.study_id, d.direction, (SELECT COUNT(*) FROM study_directions n "
+                "WHERE n.study_id = s.study_id) FROM studies s JOIN study_directions d "
                 "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name = :name"
             ),
             {"name": study_name},
         ).first()
         if found is None:
             raise StudyNotFoundError(f"no study named {study_name!r} in this storage")
-        study_id, direction = found
+        study_id, direction, objectives = found
         of_study = {"study": study_id}
         trials = connection.execute(
             sa.text(
@@ -216,7 +217,8 @@ def read_trials(
         user_attrs = _user_attrs(connection, of_study, row_of, len(trials), attr_keys)
     return TrialColumns(
         study_name=study_name,
-        direction=_name(direction).lower(),
+        # The values and curves are the first objective's.
+        direction=_name(direction).lower() if objectives == 1 else MULTI_OBJECTIVE,
         number=np.array([t[1] for t in trials], dtype=np.int64),
         state=np.array([_name(t[2]) for t in trials], dtype=str),
         value=value,

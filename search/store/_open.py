@@ -83,7 +83,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     storage = None
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-        ensure_schema(storage.engine, _safe(url))
+        ensure_schema(storage.engine, safe_url(url))
     except OPEN_ERRORS as error:
         if storage is not None:
             close_storage(storage)
@@ -128,7 +128,7 @@ def _refuse_foreign_tables(url: str) -> bool:
     if tables and OPTUNA_MARKER_TABLE not in tables:
         shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
         raise StorageError(
-            f"storage {_safe(url)} holds tables of something else ({shown}) and no study "
+            f"storage {safe_url(url)} holds tables of something else ({shown}) and no study "
             "database; nothing was written to it. Use a new file or database for studies"
         )
     return bool(tables)
@@ -190,7 +190,7 @@ def _open_readonly(url: str) -> optuna.storages.RDBStorage:
         )
     if not _refuse_foreign_tables(url):
         raise StorageError(
-            f"no study database in {_safe(url)}: it holds no tables; run a study first, or "
+            f"no study database in {safe_url(url)}: it holds no tables; run a study first, or "
             "pass --storage with the URL the study was run with"
         )
     given = url
@@ -205,7 +205,7 @@ def _open_readonly(url: str) -> optuna.storages.RDBStorage:
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
         with storage.engine.connect() as connection:
-            check_schema(connection, _safe(given))
+            check_schema(connection, safe_url(given))
     except OPEN_ERRORS as error:
         if storage is not None:
             close_storage(storage)
@@ -223,12 +223,13 @@ def reading(url: str) -> Iterator[None]:
         raise StorageError(_explain(url, error)) from None
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
+    """The URL with its password hidden: for messages, logs and pages."""
     return make_url(url).render_as_string(hide_password=True)
 
 
 def _explain(url: str, error: Exception) -> str:
-    safe = _safe(url)
+    safe = safe_url(url)
     if "no longer compatible" in str(error) or "runtime optuna version" in str(error):
         return (
             f"storage {safe} was made by an Optuna whose table schema this one cannot use "

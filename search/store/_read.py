@@ -7,7 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import StudyNotFoundError
 from search.store._columns import StudySummary, study_summaries
-from search.store._open import open_storage_readonly, reading
+from search.store._open import open_storage_readonly, reading, safe_url
 
 
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -31,7 +31,7 @@ def load_study_readonly(name: str, storage_url: str) -> optuna.Study:
         names = [s.study_name for s in storage.get_all_studies()]
         if name not in names:
             raise StudyNotFoundError(
-                f"no study named {name!r} in {storage_url}; studies there: "
+                f"no study named {name!r} in {safe_url(storage_url)}; studies there: "
                 f"{sorted(names) or 'none'}"
             )
         return optuna.load_study(study_name=name, storage=storage)
