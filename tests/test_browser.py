@@ -78,14 +78,39 @@ def served(tmp_path: Path, study_name: str) -> Iterator[tuple[str, optuna.Study]
         thread.join(timeout=10)
 
 
-def _wait_for_text(browser: object, selector: str, text: str, timeout: float = 30) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+def _read(
+    browser: object, by: str, selector: str, until: object = bool, timeout: float = 30
+) -> str:
+    """The text of the element once ``until(text)`` holds. The page redraws on a timer and
+    replaces its elements, so an element found a moment ago can be gone: each try finds it
+    again, and a stale one is simply tried again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, timeout).until(
-        expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text)
-    )
+    def text(driver: object) -> str | bool:
+        value = driver.find_element(by, selector).text
+        return value if until(value) else False
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(browser, timeout, ignored_exceptions=ignored).until(text)
+
+
+def _wait_for_text(browser: object, selector: str, text: str, timeout: float = 30) -> None:
+    from selenium.webdriver.common.by import By
+
+    _read(browser, By.CSS_SELECTOR, selector, lambda shown: text in shown, timeout)
+
+
+def _click(browser: object, by: str, selector: str, timeout: float = 30) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def click(driver: object) -> bool:
+        driver.find_element(by, selector).click()
+        return True
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    WebDriverWait(browser, timeout, ignored_exceptions=ignored).until(click)
 
 
 def test_the_dashboard_shows_the_database_and_a_new_trial_without_a_reload(
@@ -96,8 +121,7 @@ def test_the_dashboard_shows_the_database_and_a_new_trial_without_a_reload(
 
     address, study = served
     browser.get(address + "/")
-    _wait_for_text(browser, "#studies", study_name)
-    row = browser.find_element(By.ID, f"study-{study_name}").text
+    row = _read(browser, By.ID, f"study-{study_name}")
     assert "0.9000 (#0)" in row and " 2 " in f" {row} "  # best, and 2 trials
     browser.save_screenshot(str(tmp_path / "studies.png"))
 
@@ -106,15 +130,15 @@ def test_the_dashboard_shows_the_database_and_a_new_trial_without_a_reload(
     _wait_for_text(browser, f"#study-{study_name}", "0.9500 (#2)")
     assert browser.execute_script("return window.notReloaded") is marker  # same page
 
-    browser.find_element(By.LINK_TEXT, study_name).click()
+    _click(browser, By.LINK_TEXT, study_name)
     _wait_for_text(browser, "#counts", "Trials: COMPLETE 2, PRUNED 1.")
     # History, importance, parallel coordinates, learning curves: four graphs drawn.
     WebDriverWait(browser, 30).until(
         lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 4
     )
-    best = browser.find_element(
-        By.XPATH, "//h2[text()='Best trials']/following-sibling::*[1]//tbody/tr[1]"
-    ).text
+    best = _read(
+        browser, By.XPATH, "//h2[text()='Best trials']/following-sibling::*[1]//tbody/tr[1]"
+    )
     assert best.startswith("2 0.9500")  # the best trial heads the table
     browser.save_screenshot(str(tmp_path / "study.png"))
 
