@@ -7,9 +7,10 @@ answer without importing torch, Ray or plotly.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,34 +184,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args, prog="resnet-hpo bench")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} trials: give 1 or more")
-    return value
+def _bounded(
+    parse: Callable[[str], float], noun: str, low: float, high: float, message: str
+) -> Callable[[str], float]:
+    """An argparse type: ``parse`` the text, then refuse values outside [low, high] with
+    ``message`` (formatted with the value)."""
+
+    def check(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not low <= value <= high:  # NaN is refused too
+            raise argparse.ArgumentTypeError(message.format(value=value))
+        return value
+
+    return check
 
 
-def _refresh_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.5 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value:g} s: give 0.5 to 3600 seconds")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value}: a port is 1 to 65535")
-    return value
+_positive_int = _bounded(int, "a whole number", 1, math.inf, "{value} trials: give 1 or more")
+_refresh_seconds = _bounded(
+    float, "a number of seconds", 0.5, 3600, "{value:g} s: give 0.5 to 3600 seconds"
+)
+_port = _bounded(int, "a port number", 1, 65535, "{value}: a port is 1 to 65535")
 
 
 def _study_name(text: str) -> str:

@@ -67,18 +67,17 @@ def connection_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     if slow:
         request.getfixturevalue("ray_session")  # the drivers it starts join the session's Ray
     guard_engine = request.getfixturevalue("guard_engine") if slow else None
-    if guard_engine is None or request.node.get_closest_marker("no_connection_guard"):
-        try:
-            yield
-        finally:
-            drivers.kill_leftovers()
-            db.close_all()
-        return
-    guard = ConnectionGuard(guard_engine).start()
+    guarded = guard_engine is not None and not request.node.get_closest_marker(
+        "no_connection_guard"
+    )
+    guard = ConnectionGuard(guard_engine).start() if guarded else None
     try:
         yield
     finally:
         drivers.kill_leftovers()
+    if guard is None:
+        db.close_all()
+        return
     guard.stop()
     if guard.peak > PEAK[0]:
         PEAK[:] = [guard.peak, request.node.nodeid]

@@ -18,10 +18,16 @@ from dash import dcc, html
 
 from search.errors import UserError
 from search.report._html import report_content
-from search.store import StudySummary, list_studies, open_storage_readonly, reading
+from search.store import (
+    LISTED_STATES,
+    StudySummary,
+    best_label,
+    list_studies,
+    open_storage_readonly,
+    reading,
+)
 
 STUDY_PATH = "/study/"
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 
 
 def build_app(storage_url: str, refresh_s: float = 5.0) -> dash.Dash:
@@ -62,16 +68,15 @@ def page(storage_url: str, pathname: str) -> Any:
 
 
 def studies_page(rows: list[StudySummary]) -> Any:
-    head = ["study", "direction", "trials", *STATES, "best (#)"]
+    head = ["study", "direction", "trials", *LISTED_STATES, "best (#)"]
     body = []
     for row in rows:
-        best = f"{row.best_value:.4f} (#{row.best_number})" if row.best_value is not None else "-"
         cells = [
             html.A(row.name, href=STUDY_PATH + quote(row.name)),
             row.direction,
             row.total,
-            *(row.counts.get(state, 0) for state in STATES),
-            best,
+            *(row.counts.get(state, 0) for state in LISTED_STATES),
+            best_label(row),
         ]
         body.append(html.Tr([html.Td(cell) for cell in cells], id=f"study-{row.name}"))
     return html.Div(

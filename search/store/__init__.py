@@ -22,6 +22,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._schema": ("SCHEMA_VERSION", "check_schema", "ensure_schema"),
         "._lease": ("DriverLease", "LeaseHeldError", "LeaseHolder", "LeaseLostError"),
         "._read": (
+            "LISTED_STATES",
+            "best_label",
             "count_states",
             "format_study_table",
             "list_studies",
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
     )
     from search.store._provenance import git_sha, host, package_version
     from search.store._read import (
+        LISTED_STATES,
+        best_label,
         count_states,
         format_study_table,
         list_studies,

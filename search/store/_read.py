@@ -37,23 +37,20 @@ def load_study_readonly(name: str, storage_url: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
 
 
+# The states a listing shows, in its column order (the CLI's table and the dashboard's).
+LISTED_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+
+
+def best_label(row: StudySummary) -> str:
+    return f"{row.best_value:.4f} (#{row.best_number})" if row.best_value is not None else "-"
+
+
 def format_study_table(rows: list[StudySummary]) -> str:
-    header = ("study", "direction", "trials", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "best (#)")
+    header = ("study", "direction", "trials", *LISTED_STATES, "best (#)")
     lines = [header]
     for row in rows:
-        best = f"{row.best_value:.4f} (#{row.best_number})" if row.best_value is not None else "-"
-        lines.append(
-            (
-                row.name,
-                row.direction,
-                str(row.total),
-                str(row.counts.get("COMPLETE", 0)),
-                str(row.counts.get("PRUNED", 0)),
-                str(row.counts.get("FAIL", 0)),
-                str(row.counts.get("RUNNING", 0)),
-                best,
-            )
-        )
+        counts = (str(row.counts.get(state, 0)) for state in LISTED_STATES)
+        lines.append((row.name, row.direction, str(row.total), *counts, best_label(row)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
