@@ -142,6 +142,26 @@ def test_the_dashboard_shows_the_database_and_a_new_trial_without_a_reload(
     assert best.startswith("2 0.9500")  # the best trial heads the table
     browser.save_screenshot(str(tmp_path / "study.png"))
 
+    # Two studies side by side: ticked on the studies page (the ticks survive the redraws
+    # a landing trial causes), then compared.
+    other = optuna.create_study(study_name=f"{study_name}-b", storage=study._storage,
+                                direction="maximize")  # fmt: skip
+    other.add_trials([_trial(0, 0.7), _trial(1, 0.8)])
+    browser.get(address + "/")
+    _wait_for_text(browser, "#compare-pick", f"{study_name}-b")
+    for name in (study_name, f"{study_name}-b"):
+        _click(browser, By.XPATH, f"//div[@id='compare-pick']//input[@value='{name}']")
+    study.add_trial(_trial(3, 0.5))  # the listing redraws
+    _wait_for_text(browser, f"#study-{study_name}", " 4 ")
+    _click(browser, By.ID, "compare-link")
+    _wait_for_text(browser, "h1", f"Compare {study_name}, {study_name}-b")
+    table = _read(browser, By.XPATH, "//h2[text()='Studies']/following-sibling::*[1]//tbody")
+    assert "0.9500 (#2)" in table and "0.8000 (#1)" in table
+    WebDriverWait(browser, 30).until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2
+    )
+    browser.save_screenshot(str(tmp_path / "compare.png"))
+
 
 def test_the_report_opens_offline(browser: object, tmp_path: Path, study_name: str) -> None:
     from selenium.webdriver.common.by import By
@@ -159,10 +179,15 @@ def test_the_report_opens_offline(browser: object, tmp_path: Path, study_name: s
         {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0},
     )
     browser.get(page.resolve().as_uri())
-    # History, importance, parallel coordinates, learning curves: four graphs drawn.
+    # History, importance, parallel coordinates, learning curves, worker slots: every figure
+    # of the page drawn once plotly.js is unpacked.
+    figures = page.read_text().count('<script type="text/x-plotly-figure">')
+    assert figures == 5
     WebDriverWait(browser, 30).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 4
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) == figures
     )
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
     fetched = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )

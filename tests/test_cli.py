@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +49,10 @@ def test_run_studies_report(
     report = tmp_path / "out" / "report.html"
     assert main(["report", "--study", study_name, "--storage", storage, "-o", str(report)]) == 0
     text = report.read_text()
-    assert text.count("plotly.js v") == 1  # the library is embedded exactly once
+    # plotly.js is embedded once, gzip-compressed, and nowhere else.
+    packed = re.findall(r'<script id="plotly-js-gzip"[^>]*>([^<]*)</script>', text)
+    assert len(packed) == 1 and "plotly.js v" not in text
+    assert b"plotly.js v" in gzip.decompress(base64.b64decode(packed[0]))[:500]
     for title in (
         "Optimization history",
         "Parameter importance (ped-anova)",  # the heading of a computed importance panel

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from search.errors import StudyNotFoundError
-from search.store import MISSING, read_trials, study_summaries
+from search.store import MISSING, TrialColumns, read_changes, read_trials, study_summaries
 from tests import db
 
 DISTRIBUTIONS = {
@@ -100,7 +100,7 @@ def test_a_trial_created_while_reading_is_left_out_not_a_crash(
     writer = optuna.load_study(study_name=study_name, storage=db.storage(url + "?writer=1"))
 
     def write_after_trials(conn, cursor, statement, *args) -> None:  # noqa: ANN001
-        if statement.lstrip().startswith("SELECT trial_id, number"):
+        if statement.lstrip().startswith("SELECT t.trial_id, t.number"):
             trial = writer.ask()
             trial.suggest_float("lr", 1e-4, 1.0, log=True)
             trial.report(0.5, step=1)
@@ -184,3 +184,69 @@ def test_summaries_count_and_pick_the_best_like_optuna(storage_url: str, filled:
 def test_an_unknown_study_is_named(storage_url: str, filled: str) -> None:
     with pytest.raises(StudyNotFoundError, match="nope"):
         read_trials(db.storage(storage_url).engine, "nope")
+
+
+def _assert_same(a: TrialColumns, b: TrialColumns) -> None:
+    """Every field of two reads of a study, NaN equal to NaN."""
+    for name in ("number", "state", "trial_id", "curve_row", "curve_step"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name in ("datetime_start", "datetime_complete"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+    assert np.array_equal(a.value, b.value, equal_nan=True)
+    assert np.array_equal(a.curve_value, b.curve_value, equal_nan=True)
+    assert a.params.keys() == b.params.keys() and a.distributions == b.distributions
+    for name in a.params:
+        assert list(a.params[name]) == list(b.params[name]), name
+    assert a.user_attrs.keys() == b.user_attrs.keys()
+    for key in a.user_attrs:
+        assert list(a.user_attrs[key]) == list(b.user_attrs[key]), key
+    assert (a.study_id, a.direction, a.attr_keys) == (b.study_id, b.direction, b.attr_keys)
+
+
+def test_reading_what_changed_gives_the_study_as_a_full_read_does(
+    storage_url: str, filled: str
+) -> None:
+    """A live dashboard reads only new and unfinished trials, and must end up with exactly
+    what a full read gives: new trials, new epochs of running ones, finished ones."""
+    engine = db.storage(storage_url).engine
+    before = read_trials(engine, filled, attr_keys=("epochs_done", "note"))
+    running = [int(n) for n in before.number[before.state == "RUNNING"]]
+    assert running == [3, 7, 11]
+
+    unchanged = read_changes(engine, before)
+    assert list(unchanged.changed) == running and not unchanged.full_read
+    _assert_same(unchanged.columns, before)
+
+    storage = db.storage(storage_url)  # writes go through Optuna's checks
+    writer = optuna.load_study(study_name=filled, storage=storage)
+    study_id = storage.get_study_id_from_name(filled)
+    trial_ids = {n: storage.get_trial_id_from_study_id_trial_number(study_id, n) for n in (3,)}
+    storage.set_trial_intermediate_value(trial_ids[3], 9, 0.99)  # a new epoch of a running trial
+    storage.set_trial_user_attr(trial_ids[3], "note", "epoch 9")
+    writer.tell(7, 0.75)  # a running trial finishes
+    new = writer.ask()  # a new trial, with a parameter no earlier trial has
+    new.suggest_int("width", 16, 64)
+    new.report(0.3, step=1)
+    new.set_user_attr("epochs_done", 1)
+    writer.tell(writer.ask(), state=TrialState.PRUNED)
+
+    changed = read_changes(engine, before)
+    assert list(changed.changed) == [*running, 13, 14] and not changed.full_read
+    _assert_same(changed.columns, read_trials(engine, filled, attr_keys=("epochs_done", "note")))
+    assert changed.columns.params["width"][13] == new.params["width"]
+    assert changed.columns.params["width"][0] is MISSING
+    assert changed.columns.user_attrs["note"][3] == "epoch 9"
+    # Trial 7 finished: the next read no longer fetches it.
+    again = read_changes(engine, changed.columns)
+    assert list(again.changed) == [3, 11, 13]
+
+
+def test_a_study_created_again_under_its_name_is_read_whole(storage_url: str, filled: str) -> None:
+    engine = db.storage(storage_url).engine
+    before = read_trials(engine, filled)
+    optuna.delete_study(study_name=filled, storage=db.storage(storage_url))
+    study = optuna.create_study(study_name=filled, storage=db.storage(storage_url))
+    study.add_trial(create_trial(value=1.0))
+    changes = read_changes(engine, before)
+    assert changes.full_read and list(changes.changed) == [0]
+    _assert_same(changes.columns, read_trials(engine, filled))

@@ -30,21 +30,33 @@ def _trial(value: float | None, state: TrialState = TrialState.COMPLETE) -> obje
     )
 
 
-def _refresh(client: object, pathname: str, tick: int) -> str:
-    """What the browser's timer asks for: the page callback, as Dash posts it."""
+def _post(client: object, pathname: str, tick: int, shown: str | None, search: str = "") -> object:
+    """What the browser's timer asks for: the page callback, as Dash posts it, with the key
+    of what the browser shows now."""
     body = {
-        "output": "page.children",
-        "outputs": {"id": "page", "property": "children"},
+        "output": "..page.children...shown.data..",
+        "outputs": [{"id": "page", "property": "children"}, {"id": "shown", "property": "data"}],
         "inputs": [
             {"id": "url", "property": "pathname", "value": pathname},
+            {"id": "url", "property": "search", "value": search},
             {"id": "tick", "property": "n_intervals", "value": tick},
         ],
         "changedPropIds": ["tick.n_intervals"],
-        "state": [],
+        "state": [{"id": "shown", "property": "data", "value": shown}],
     }
-    response = client.post("/_dash-update-component", json=body)
+    return client.post("/_dash-update-component", json=body)
+
+
+def _refresh(client: object, pathname: str, tick: int, search: str = "") -> str:
+    """The page as a browser that shows nothing yet gets it."""
+    response = _post(client, pathname, tick, None, search)
     assert response.status_code == 200, response.data[:500]
     return json.dumps(response.get_json())
+
+
+def _shown_key(client: object, pathname: str, tick: int) -> str:
+    response = _post(client, pathname, tick, None)
+    return response.get_json()["response"]["shown"]["data"]
 
 
 def test_pages_follow_the_database_without_a_reload(tmp_path: Path, study_name: str) -> None:
@@ -122,3 +134,47 @@ def test_serve_refuses_bad_input_with_exit_code_2(
         assert main(["serve", "--storage", url, "--port", port]) == 2
     error = capsys.readouterr()
     assert f"cannot listen on 127.0.0.1:{port}" in error.err and "serving" not in error.out
+
+
+def test_a_page_is_sent_again_only_when_its_study_changed(tmp_path: Path, study_name: str) -> None:
+    """Every tick reads only new and unfinished trials; a browser already showing the
+    study gets "no update" until a trial lands or a running one reports."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = db.storage(url)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    study.add_trials([_trial(0.9), _trial(None, TrialState.PRUNED)])
+    running = study.ask({"lr": FloatDistribution(1e-4, 1.0, log=True)})
+    client = build_app(url).server.test_client()
+    path = f"/study/{study_name}"
+
+    shown = _shown_key(client, path, 1)
+    assert _post(client, path, 2, shown).status_code == 204  # nothing changed: no update
+    running.report(0.5, step=1)  # a running trial reports an epoch
+    assert _post(client, path, 3, shown).status_code == 200
+    shown = _shown_key(client, path, 4)
+    study.tell(running, 0.97)
+    page = _post(client, path, 5, shown)
+    assert page.status_code == 200 and "COMPLETE 2, PRUNED 1" in json.dumps(page.get_json())
+    assert _post(client, "/", 6, _shown_key(client, "/", 6)).status_code == 204
+
+
+def test_studies_side_by_side(tmp_path: Path, study_name: str) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = db.storage(url)
+    for suffix, best in (("a", 0.9), ("b", 0.8)):
+        study = optuna.create_study(study_name=f"{study_name}-{suffix}", storage=storage,
+                                    direction="maximize")  # fmt: skip
+        study.add_trials([_trial(best - 0.1), _trial(best), _trial(None, TrialState.PRUNED)])
+    client = build_app(url).server.test_client()
+    listing = _refresh(client, "/", 1)
+    # Each study's device time: three trials of 3.0 s.
+    assert '"id": "compare-pick"' in listing and '"9 s"' in listing
+    search = f"?study={study_name}-a&study={study_name}-b"
+    page = _refresh(client, "/compare", 1, search)
+    assert f"{study_name}-a" in page and "0.9000 (#1)" in page and "0.8000 (#1)" in page
+    assert "Best value so far" in page and "median and 10-90% band per study" in page
+    assert page.count("<td>9 s</td>") == 2
+    one = _refresh(client, "/compare", 1, f"?study={study_name}-a")
+    assert "Tick two or more studies" in one
+    missing = _refresh(client, "/compare", 1, f"?study={study_name}-a&study=nope")
+    assert "no study named 'nope'" in missing

@@ -122,7 +122,8 @@ def test_bench_report_measures_every_reader_on_one_study(
     assert main(["bench", "report", "--trials", "300", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["trials"] == 300
-    for key in ("optuna_get_trials_s", "read_trials_s", "studies_s", "report_s"):
+    for key in ("optuna_get_trials_s", "read_trials_s", "studies_s", "report_s",
+                "dashboard_first_s", "dashboard_redraw_s", "dashboard_unchanged_s"):  # fmt: skip
         assert result[key] > 0, key
     assert result["report_mb"] > 0 and result["report_peak_mib"] > 0
     assert result["read_speedup"] > 0
@@ -174,3 +175,131 @@ def test_minimizing_studies_rank_and_accumulate_the_lowest_values() -> None:
     assert list(data.numbers) == [0, 2, 3, 4]  # finite COMPLETE values only
     assert list(data.best_so_far) == [0.5, 0.3, 0.3, 0.3]
     assert list(best_rows(columns, 3)) == [2, 4, 3]  # lowest first, the earlier of a tie
+
+
+def _timed_columns() -> object:
+    """Four trials: A 0-10 s, B 5-15 s, C 12-20 s (after A), D running from 30 s."""
+    from search.store import TrialColumns
+
+    t0 = np.datetime64("2026-01-01T00:00:00", "us")
+    seconds = np.timedelta64(1_000_000, "us")
+    start = np.array([t0, t0 + 5 * seconds, t0 + 12 * seconds, t0 + 30 * seconds])
+    end = np.array([t0 + 10 * seconds, t0 + 15 * seconds, t0 + 20 * seconds, np.datetime64("NaT")])
+    return TrialColumns(
+        study_name="s", direction="maximize", number=np.arange(4),
+        state=np.array(["COMPLETE", "PRUNED", "COMPLETE", "RUNNING"]),
+        value=np.array([0.5, np.nan, 0.6, np.nan]),
+        datetime_start=start.astype("datetime64[us]"),
+        datetime_complete=end.astype("datetime64[us]"),
+    )  # fmt: skip
+
+
+def test_trials_are_laid_out_on_the_fewest_slots_and_utilisation_counts_active_time() -> None:
+    from search.report._data import busy_over_time, timeline
+    from search.report._figures import timeline_figure
+
+    columns = _timed_columns()
+    now = np.datetime64("2026-01-01T00:00:40", "us")
+    data = timeline(columns, now)
+    assert list(data.slot) == [0, 1, 0, 0] and data.slots == 2
+    assert list(data.end_s) == [10, 15, 20, 40]  # the running trial counts up to now
+    # Active: 0-20 s and 30-40 s (the gap between is no idle slot time); busy: 10+10+8+10.
+    assert data.active_s == 30 and data.busy_s == 38
+    assert data.utilisation == pytest.approx(38 / 60)
+    assert timeline(columns, now, configured_slots=4).utilisation == pytest.approx(38 / 120)
+
+    figure = timeline_figure(data, columns.state, columns.number)
+    by_name = {trace.name: trace for trace in figure.data}
+    assert set(by_name) == {"COMPLETE (2)", "PRUNED (1)", "RUNNING (1)"}
+    complete = by_name["COMPLETE (2)"]
+    assert list(complete.x[:2]) == pytest.approx([0, 10 / 60]) and list(complete.y[:2]) == [0, 0]
+    assert list(complete.x[3:5]) == pytest.approx([12 / 60, 20 / 60])
+    assert list(complete.customdata[3:5]) == [2, 2]
+    assert "4 trials on 2 worker slots: 63% busy" in figure.layout.title.text
+
+    # Many trials: the mean number running per time bin, whose integral is the busy time.
+    centres, busy = busy_over_time(data, bins=8)
+    assert list(centres) == [2.5 + 5 * i for i in range(8)]
+    assert list(busy) == pytest.approx([1, 2, 1.6, 1, 0, 0, 1, 1])
+    assert float(np.sum(busy * 5)) == pytest.approx(data.busy_s)
+
+
+def test_a_large_timeline_is_drawn_as_slots_busy_over_time() -> None:
+    from search.report._data import timeline
+    from search.report._figures import ALL_BARS_UP_TO, timeline_figure
+    from search.store import TrialColumns
+
+    n = ALL_BARS_UP_TO + 1
+    start = np.datetime64("2026-01-01T00:00:00", "us") + np.arange(n) * np.timedelta64(1, "s")
+    columns = TrialColumns(
+        study_name="s", direction="maximize", number=np.arange(n),
+        state=np.full(n, "COMPLETE"), value=np.zeros(n), datetime_start=start,
+        datetime_complete=start + np.timedelta64(2, "s"),
+    )  # fmt: skip
+    data = timeline(columns, start[-1], configured_slots=4)
+    assert data.slots == 4 and data.utilisation == pytest.approx(2 * n / (4 * (n + 1)))
+    figure = timeline_figure(data, columns.state, columns.number)
+    assert len(figure.data) == 1 and figure.data[0].name == "slots busy (mean per bin)"
+    assert np.mean(figure.data[0].y[1:-1]) == pytest.approx(2, abs=0.05)  # two at a time
+
+
+def test_studies_lists_device_time(storage_url: str, study_name: str) -> None:
+    """The listing sums the device time each finished trial records, in SQL."""
+    from search.store import format_study_table, list_studies
+
+    storage = db.storage(storage_url)
+    timed = optuna.create_study(study_name=study_name, storage=storage)
+    timed.add_trials([create_trial(value=1.0, user_attrs={"train_seconds": s})
+                      for s in (1.25, 2, 3600)])  # fmt: skip
+    optuna.create_study(study_name=study_name + "-untimed", storage=storage).add_trial(
+        create_trial(value=1.0)
+    )
+    rows = {row.name: row for row in list_studies(storage_url)}
+    assert rows[study_name].device_seconds == 3603.25
+    assert rows[study_name + "-untimed"].device_seconds == 0.0
+    table = format_study_table(list(rows.values())).splitlines()
+    assert table[0].split()[-2:] == ["device", "time"]
+    assert table[1].endswith("60 min") and table[2].endswith("0 s")
+
+
+def test_report_replicates_computes_the_interval_at_any_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Above the size the time budget allows, the importance panel says it shows the point
+    estimate only; `--replicates N` computes the interval anyway."""
+    from search.cli import main
+    from search.report._importance import bootstrap_limit
+    from search.store import open_storage
+    from search.store._synthetic import write_synthetic_study
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    write_synthetic_study(open_storage(url), "big", bootstrap_limit("ped-anova") + 100)
+    default, forced = tmp_path / "default.html", tmp_path / "forced.html"
+    assert main(["report", "--study", "big", "--storage", url, "-o", str(default)]) == 0
+    assert "no bootstrap interval (computed up to" in default.read_text()
+    argv = ["report", "--study", "big", "--storage", url, "-o", str(forced), "--replicates", "21"]
+    assert main(argv) == 0
+    assert "95% bootstrap interval over trials (21 of 21 bootstrap replicates" in forced.read_text()
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "-3"])
+    assert "-3 replicates: give 0 (none) to 10000" in capsys.readouterr().err
+
+
+def test_the_importance_estimate_is_computed_once_per_rung_content(
+    tmp_path: Path, study_name: str
+) -> None:
+    from search.report._html import _estimate
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    _asha_study(url, study_name, 40)
+    engine = db.storage(url).engine
+    columns = read_trials(engine, study_name)
+    first = _estimate(columns, 1, "ped-anova", 20)
+    assert _estimate(read_trials(engine, study_name), 1, "ped-anova", 20) is first
+    assert _estimate(columns, 1, "ped-anova", 21) is not first  # another replicate count
+    study = db.load(url, study_name)
+    pruned = create_trial(params={"lr": 0.1, "optimizer": "sgd"}, distributions=DISTRIBUTIONS,
+                          state=TrialState.PRUNED, intermediate_values={1: 0.5})  # fmt: skip
+    study.add_trial(pruned)
+    grown = _estimate(read_trials(engine, study_name), 1, "ped-anova", 20)
+    assert grown is not first and grown.trials == first.trials + 1

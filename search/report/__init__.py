@@ -13,6 +13,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._dashboard": ("build_app",),
         "._data": ("best_trials", "curve_bands", "history", "rung_epoch", "rung_view"),
         "._figures": ("learning_curve_figure", "parallel_figure"),
+        "._importance": ("ImportanceEstimate", "bootstrap_importance"),
         "._ablation": ("arm_curves", "forest_figure"),
     },
 )
@@ -23,3 +24,4 @@ if TYPE_CHECKING:
     from search.report._data import best_trials, curve_bands, history, rung_epoch, rung_view
     from search.report._figures import learning_curve_figure, parallel_figure
     from search.report._html import build_report, write_report
+    from search.report._importance import ImportanceEstimate, bootstrap_importance

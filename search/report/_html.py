@@ -1,10 +1,17 @@
-"""The HTML report of a study: one self-contained file (plotly.js embedded once, opens
-offline) drawn from the read layer's columns, so it stays small and quick at 10,000 trials."""
+"""The HTML report of a study: one self-contained file (plotly.js embedded once, compressed;
+opens offline) drawn from the read layer's columns, so it stays small and quick at 10,000 trials."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
+import hashlib
 import html
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +21,24 @@ import plotly.graph_objects as go
 
 from search.errors import UserError
 from search.keys import Attr, StudyAttr
-from search.report._data import Compute, best_trials, compute, history, rung_epoch, rung_view
+from search.report._data import (
+    Compute,
+    best_trials,
+    compute,
+    history,
+    rung_epoch,
+    rung_values,
+    rung_view,
+    timeline,
+)
 from search.report._figures import (
-    Importance,
     history_figure,
     importance_figure,
     learning_curve_figure,
     parallel_figure,
+    timeline_figure,
 )
+from search.report._importance import Importance, ImportanceEstimate, bootstrap_importance
 from search.store import (
     MULTI_OBJECTIVE,
     TrialColumns,
@@ -91,8 +108,40 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# Estimates of the rung views drawn lately, by what they were computed from: a live
+# dashboard redraws a study every few seconds, and the first rung changes only when a trial
+# reaches it.
+_ESTIMATES: OrderedDict[str, ImportanceEstimate] = OrderedDict()
+_ESTIMATES_KEPT = 32
+_ESTIMATES_LOCK = threading.Lock()
+
+
+def _estimate(
+    columns: TrialColumns, epoch: int, importance: Importance, replicates: int | None
+) -> ImportanceEstimate:
+    """``bootstrap_importance`` of the rung view at ``epoch``, computed once per content."""
+    rows, values = rung_values(columns, epoch)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{columns.study_id} {epoch} {importance} {replicates}".encode())
+    # Finished trials never change: their ids and values at the rung say what the view holds.
+    digest.update(columns.trial_id[rows].tobytes())
+    digest.update(values.tobytes())
+    key = digest.hexdigest() if len(columns.trial_id) == len(columns) else None
+    with _ESTIMATES_LOCK:
+        if key is not None and key in _ESTIMATES:
+            _ESTIMATES.move_to_end(key)
+            return _ESTIMATES[key]
+    estimate = bootstrap_importance(rung_view(columns, epoch), importance, replicates)
+    if key is not None:
+        with _ESTIMATES_LOCK:
+            _ESTIMATES[key] = estimate
+            while len(_ESTIMATES) > _ESTIMATES_KEPT:
+                _ESTIMATES.popitem(last=False)
+    return estimate
+
+
 def _search_figures(
-    columns: TrialColumns, metric: str, importance: Importance
+    columns: TrialColumns, metric: str, importance: Importance, replicates: int | None
 ) -> list[tuple[str, go.Figure | str]]:
     figures: list[tuple[str, go.Figure | str]] = []
     data = history(columns)
@@ -105,8 +154,7 @@ def _search_figures(
     if epoch is None:
         figures.append(("Parameter importance", _note("Needs at least 2 finished trials.")))
     else:
-        view = rung_view(columns, epoch)
-        reached = len(view.get_trials(deepcopy=False))
+        reached = len(rung_values(columns, epoch)[0])
         label = (
             f"{metric} at epoch {epoch}, the first rung: all {reached} finished trials, "
             "before ASHA selected any"
@@ -120,7 +168,8 @@ def _search_figures(
                       "few more trials; do not narrow the space on it yet."),
             ))  # fmt: skip
         try:
-            figure = importance_figure(view, importance, f"Importance ({importance}) of {label}")
+            estimate = _estimate(columns, epoch, importance, replicates)
+            figure = importance_figure(estimate, f"Importance ({importance}) of {label}")
             figures.append((f"Parameter importance ({importance})", figure))
         except (RuntimeError, ValueError, ZeroDivisionError) as error:
             figures.append(("Parameter importance", _note(f"Not computable yet: {error}")))
@@ -142,17 +191,32 @@ class ReportContent:
     sections: list[tuple[str, go.Figure | str]]
 
 
+def objective_metric(study: optuna.Study) -> str:
+    """The metric the study's file optimises (``objective`` where no file is recorded)."""
+    study_file = study.user_attrs.get(StudyAttr.STUDY_FILE, {})
+    return str(study_file.get("objective", {}).get("metric", "objective"))
+
+
+# Only the attributes the figures use: a trial also carries its whole config, paths and
+# tracebacks, which would be decoded for nothing.
+REPORT_ATTRS = (Attr.EPOCHS_DONE, Attr.WALL_SECONDS, Attr.TRAIN_SECONDS)
+
+
 def report_content(
-    storage_url: str, study_name: str, importance: Importance = "ped-anova"
+    storage_url: str,
+    study_name: str,
+    importance: Importance = "ped-anova",
+    columns: TrialColumns | None = None,
+    replicates: int | None = None,
 ) -> ReportContent:
+    """The report of ``study_name``; ``columns`` (read with ``REPORT_ATTRS`` at least) saves
+    reading the trials again where the caller holds them (the live dashboard does);
+    ``replicates`` is the importance bootstrap's (None: what the time budget allows)."""
     study = load_study_readonly(study_name, storage_url)
-    # Only the attributes the figures use: a trial also carries its whole config, paths and
-    # tracebacks, which would be decoded for nothing.
-    columns = read_trials(
-        open_storage_readonly(storage_url).engine,
-        study_name,
-        attr_keys=(Attr.EPOCHS_DONE, Attr.WALL_SECONDS, Attr.TRAIN_SECONDS),
-    )
+    if columns is None:
+        columns = read_trials(
+            open_storage_readonly(storage_url).engine, study_name, attr_keys=REPORT_ATTRS
+        )
     if columns.direction == MULTI_OBJECTIVE:
         raise UserError(
             f"study {study_name!r} has several objectives; reports draw single-objective "
@@ -160,7 +224,7 @@ def report_content(
         )
     study_attrs = study.user_attrs
     study_file = study_attrs.get(StudyAttr.STUDY_FILE, {})
-    metric = study_file.get("objective", {}).get("metric", "objective")
+    metric = objective_metric(study)
     states, counts = np.unique(columns.state, return_counts=True)
     order = {state.name: index for index, state in enumerate(optuna.trial.TrialState)}
     summary = ", ".join(
@@ -176,13 +240,16 @@ def report_content(
 
         sections += ablation_figures(study, metric)
     else:
-        sections += _search_figures(columns, metric, importance)
+        sections += _search_figures(columns, metric, importance, replicates)
     sections.append(("Learning curves", learning_curve_figure(columns, metric)))
     if StudyAttr.ABLATION not in study_attrs:
         sections.append(("Best trials", _table(best_trials(columns), metric)))
     asha = study_file.get("asha", {})
     pruning = asha.get("enabled", True) and asha.get("max_epochs")
     sections.append(("Compute", _compute_table(compute(columns, pruning or None))))
+    now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
+    slots = timeline(columns, now, study_file.get("max_concurrent"))
+    sections.append(("Worker slots", timeline_figure(slots, columns.state, columns.number)))
     provenance = (
         f"package {study_attrs.get(StudyAttr.PACKAGE_VERSION, '?')}, "
         f"git {study_attrs.get(StudyAttr.GIT_SHA) or '?'}"
@@ -190,15 +257,58 @@ def report_content(
     return ReportContent(study_name, metric, columns.direction, summary, provenance, sections)
 
 
-def build_report(storage_url: str, study_name: str, importance: Importance = "ped-anova") -> str:
-    """The whole report of ``study_name`` as one HTML string (plotly.js embedded once)."""
-    content = report_content(storage_url, study_name, importance)
+# The figures' scripts wait for plotly.js, which the page unpacks first.
+_DEFERRED = '<script type="text/x-plotly-figure">'
+# Unpacks the gzip-compressed plotly.js embedded in the page (the browser's own
+# DecompressionStream: Chromium 80+, Firefox 113+, Safari 16.4+), runs it, then runs each
+# figure's script in page order. No network request: the report opens offline.
+_LOADER = """<script>
+(async () => {
+  const packed = document.getElementById("plotly-js-gzip");
+  if (typeof DecompressionStream === "undefined") {
+    packed.insertAdjacentHTML("afterend",
+      "<p class=note>This browser cannot unpack the figures (no DecompressionStream).</p>");
+    return;
+  }
+  const bytes = Uint8Array.from(atob(packed.textContent.trim()), (c) => c.charCodeAt(0));
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  const run = (code) => {
+    const script = document.createElement("script");
+    script.textContent = code;
+    document.body.appendChild(script);
+  };
+  run(await new Response(stream).text());
+  for (const figure of document.querySelectorAll('script[type="text/x-plotly-figure"]')) {
+    run(figure.textContent);
+  }
+})();
+</script>"""
+
+
+@functools.cache
+def _packed_plotly_js() -> str:
+    """plotly.js (4.8 MB) gzip-compressed and base64-encoded: about 2 MB."""
+    from plotly.offline import get_plotlyjs
+
+    return base64.b64encode(gzip.compress(get_plotlyjs().encode(), 6, mtime=0)).decode()
+
+
+def build_report(
+    storage_url: str,
+    study_name: str,
+    importance: Importance = "ped-anova",
+    replicates: int | None = None,
+) -> str:
+    """The whole report of ``study_name`` as one HTML string that opens offline: plotly.js
+    embedded once, compressed."""
+    content = report_content(storage_url, study_name, importance, replicates=replicates)
     parts = []
-    plotly_included = False
     for title, section in content.sections:
         if isinstance(section, go.Figure):
-            body = section.to_html(full_html=False, include_plotlyjs=not plotly_included)
-            plotly_included = True
+            body = section.to_html(full_html=False, include_plotlyjs=False)
+            body = body.replace("<script>", _DEFERRED).replace(
+                '<script type="text/javascript">', _DEFERRED
+            )
         else:
             body = section
         parts.append(_section(title, body))
@@ -215,15 +325,21 @@ th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
 <p>Objective: {html.escape(content.metric)} ({content.direction}).
 Trials: {html.escape(content.summary)}. Provenance: {html.escape(content.provenance)}.</p>
 {"".join(parts)}
+<script id="plotly-js-gzip" type="application/octet-stream">{_packed_plotly_js()}</script>
+{_LOADER}
 </body></html>
 """
 
 
 def write_report(
-    storage_url: str, study_name: str, path: str | Path, importance: Importance = "ped-anova"
+    storage_url: str,
+    study_name: str,
+    path: str | Path,
+    importance: Importance = "ped-anova",
+    replicates: int | None = None,
 ) -> Path:
     path = Path(path)
-    text = build_report(storage_url, study_name, importance)
+    text = build_report(storage_url, study_name, importance, replicates)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

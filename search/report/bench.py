@@ -3,17 +3,22 @@
 Writes a synthetic ASHA study of N trials (``store._synthetic``) and times, in one run and on
 the same database: Optuna's own ``load_study(...).get_trials()``, the read layer's
 ``read_trials``, ``resnet-hpo studies`` and ``resnet-hpo report`` (each command in its own
-process, as a user runs it: wall time, peak memory, the page's size).
+process, as a user runs it: wall time, peak memory, the page's size), and the study page of
+``resnet-hpo serve`` (a server process, asked over HTTP as a browser asks: the first draw, a
+redraw, and a timer tick when nothing changed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,85 @@ def _command(args: list[str]) -> tuple[float, float]:
     return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
+def _dashboard(url: str, study: str) -> dict[str, float]:
+    """Seconds for the study page of a served dashboard: its first draw, a redraw for a
+    browser that shows nothing yet, and a tick for one that shows it already."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "search", "serve", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        if "serving" not in line:
+            raise RuntimeError(f"resnet-hpo serve did not start: {line}")
+        address = f"http://127.0.0.1:{port}"
+        _wait_until_up(address)
+
+        def ask(shown: str | None) -> tuple[float, str | None]:
+            started = time.perf_counter()
+            key = _ask_page(address, f"/study/{study}", shown)
+            return time.perf_counter() - started, key
+
+        try:
+            first_s, key = ask(None)
+            redraw_s, _ = ask(None)
+            unchanged_s, _ = ask(key)
+        except urllib.error.HTTPError as error:
+            server.terminate()
+            log = server.communicate(timeout=30)[0]
+            raise RuntimeError(
+                f"the served study page failed ({error}); the server said:\n{log}"
+            ) from None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"first_s": first_s, "redraw_s": redraw_s, "unchanged_s": unchanged_s}
+
+
+def _wait_until_up(address: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(address + "/_dash-layout", timeout=10):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _ask_page(address: str, pathname: str, shown: str | None) -> str | None:
+    """The page callback, posted as the browser posts it; the key of what it drew (None
+    where the server answered that nothing changed)."""
+    body = {
+        "output": "..page.children...shown.data..",
+        "outputs": [{"id": "page", "property": "children"}, {"id": "shown", "property": "data"}],
+        "inputs": [
+            {"id": "url", "property": "pathname", "value": pathname},
+            {"id": "url", "property": "search", "value": ""},
+            {"id": "tick", "property": "n_intervals", "value": 1},
+        ],
+        "changedPropIds": ["url.pathname"],
+        "state": [{"id": "shown", "property": "data", "value": shown}],
+    }
+    request = urllib.request.Request(
+        address + "/_dash-update-component", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=300) as response:
+        payload = response.read()
+    if response.status == 204:
+        return None
+    answer = json.loads(payload)["response"]
+    drawn = json.dumps(answer["page"])
+    if '"className": "error"' in drawn:  # the page drew an error message, not the study
+        raise RuntimeError(f"the dashboard could not draw {pathname}: {drawn[:500]}")
+    return answer["shown"]["data"]
+
+
 def run_report_bench(trials: int, folder: Path) -> dict[str, Any]:
     url = f"sqlite:///{folder / 'bench.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,6 +157,7 @@ def run_report_bench(trials: int, folder: Path) -> dict[str, Any]:
     studies_s, studies_mib = _command(["studies", "--storage", url])
     page = folder / "report.html"
     report_s, report_mib = _command(["report", "--study", STUDY, "--storage", url, "-o", str(page)])
+    dashboard = _dashboard(url, STUDY)
     return {
         "trials": trials,
         "write_s": round(written, 2),
@@ -84,6 +169,9 @@ def run_report_bench(trials: int, folder: Path) -> dict[str, Any]:
         "studies_peak_mib": round(studies_mib),
         "report_peak_mib": round(report_mib),
         "report_mb": round(page.stat().st_size / 1e6, 2),
+        "dashboard_first_s": round(dashboard["first_s"], 2),
+        "dashboard_redraw_s": round(dashboard["redraw_s"], 2),
+        "dashboard_unchanged_s": round(dashboard["unchanged_s"], 3),
     }
 
 
@@ -108,6 +196,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "resnet-hpo bench report
         f"read_trials:       {result['read_trials_s']:>7} s  ({result['read_speedup']}x faster)\n"
         f"studies:           {result['studies_s']:>7} s\n"
         f"report:            {result['report_s']:>7} s, peak {result['report_peak_mib']} MiB, "
-        f"{result['report_mb']} MB page"
+        f"{result['report_mb']} MB page\n"
+        f"serve, study page: {result['dashboard_first_s']:>7} s first draw, "
+        f"{result['dashboard_redraw_s']} s redraw, {result['dashboard_unchanged_s']} s tick "
+        "with nothing changed"
     )
     return 0

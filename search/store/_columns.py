@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, json_to_distribution
 
 from search.errors import StudyNotFoundError
+from search.keys import Attr
 
 # How Optuna stores a value that is not a finite float (SQLAlchemy Enum columns hold names).
 _SPECIAL = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
@@ -58,6 +59,7 @@ class StudySummary:
     counts: dict[str, int]  # only the states that occur
     best_value: float | None
     best_number: int | None
+    device_seconds: float = 0.0  # training and validation time of the finished trials
 
     @property
     def total(self) -> int:
@@ -87,6 +89,10 @@ class TrialColumns:
     curve_step: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     curve_value: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     user_attrs: dict[str, np.ndarray] = field(default_factory=dict)
+    # Where these rows came from, for reading what changed since (``read_changes``).
+    study_id: int = -1
+    trial_id: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    attr_keys: tuple[str, ...] | None = None  # the user attributes read (None: all)
 
     def __len__(self) -> int:
         return len(self.number)
@@ -120,6 +126,17 @@ def study_summaries(engine: sa.Engine) -> list[StudySummary]:
         best: dict[int, tuple[float, int]] = {}
         for direction in ("MAXIMIZE", "MINIMIZE"):
             best.update(_best_values(connection, direction))
+        # Each finished trial records its device time as a JSON number.
+        device = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT t.study_id, SUM(CAST(a.value_json AS FLOAT)) "
+                    "FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+                    "WHERE a.key = :key GROUP BY t.study_id"
+                ),
+                {"key": Attr.TRAIN_SECONDS},
+            ).all()
+        )
     rows = []
     for study_id, name, direction, objectives in studies:
         # A multi-objective study has a Pareto front, not one best trial.
@@ -131,6 +148,7 @@ def study_summaries(engine: sa.Engine) -> list[StudySummary]:
                 counts=counts.get(study_id, {}),
                 best_value=found[0] if found else None,
                 best_number=found[1] if found else None,
+                device_seconds=float(device.get(study_id) or 0.0),
             )
         )
     return sorted(rows, key=lambda row: row.name)
@@ -181,44 +199,122 @@ def read_trials(
     """The trials of ``study_name`` in five queries; ``attr_keys`` limits the user
     attributes read (None: all of them)."""
     with engine.connect() as connection:
-        found = connection.execute(
-            sa.text(
-                "SELECT s.study_id, d.direction, (SELECT COUNT(*) FROM study_directions n "
-                "WHERE n.study_id = s.study_id) FROM studies s JOIN study_directions d "
-                "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name = :name"
-            ),
-            {"name": study_name},
-        ).first()
-        if found is None:
-            raise StudyNotFoundError(f"no study named {study_name!r} in this storage")
-        study_id, direction, objectives = found
-        of_study = {"study": study_id}
-        trials = connection.execute(
-            sa.text(
-                "SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
-                "WHERE study_id = :study ORDER BY number"
-            ),
-            of_study,
-        ).all()
-        row_of = {trial_id: row for row, (trial_id, *_rest) in enumerate(trials)}
-        value = np.full(len(trials), np.nan)
-        for trial_id, stored, kind in connection.execute(
-            sa.text(
-                "SELECT v.trial_id, v.value, v.value_type FROM trial_values v "
-                "JOIN trials t ON t.trial_id = v.trial_id "
-                "WHERE t.study_id = :study AND v.objective = 0"
-            ),
-            of_study,
-        ):
-            if trial_id in row_of:
-                value[row_of[trial_id]] = _float(stored, kind)
-        params, distributions = _params(connection, of_study, row_of, len(trials))
-        curve_row, curve_step, curve_value = _curves(connection, of_study, row_of)
-        user_attrs = _user_attrs(connection, of_study, row_of, len(trials), attr_keys)
+        study_id, direction = _find_study(connection, study_name)
+        return _read_rows(connection, study_name, study_id, direction, attr_keys, None)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The study now (``columns``), and the numbers of the trials read to get there: those
+    created or still unfinished since the previous read (all of them after a full read)."""
+
+    columns: TrialColumns
+    changed: np.ndarray  # trial numbers, ascending
+    full_read: bool
+
+
+# Optuna never changes a finished trial (its storage refuses to), so only these can change.
+OPEN_STATES = ("RUNNING", "WAITING")
+
+
+def read_changes(engine: sa.Engine, previous: TrialColumns) -> Changes:
+    """``previous`` brought up to date by reading only the trials that can have changed:
+    those created since it was read and those it held unfinished (RUNNING, WAITING).
+
+    Trial ids grow with creation and one driver writes a study, so "created since" is
+    "id above the largest seen". The cheap check that this held (no trial with a lower id
+    appeared: a second writer whose transaction committed late) is a count; where it fails,
+    or the study was deleted and created again under its name, this reads everything."""
+    with engine.connect() as connection:
+        study_id, direction = _find_study(connection, previous.study_name)
+        last = int(previous.trial_id.max()) if len(previous) else -1
+        held = connection.execute(
+            sa.text("SELECT COUNT(*) FROM trials WHERE study_id = :study AND trial_id <= :last"),
+            {"study": study_id, "last": last},
+        ).scalar_one()
+        args = (connection, previous.study_name, study_id, direction, previous.attr_keys)
+        if study_id != previous.study_id or held != len(previous):
+            columns = _read_rows(*args, None)
+            return Changes(columns, columns.number.copy(), full_read=True)
+        unfinished = previous.trial_id[np.isin(previous.state, OPEN_STATES)]
+        delta = _read_rows(*args, _Since(last, [int(t) for t in unfinished]))
+    return Changes(_merge(previous, delta), np.sort(delta.number), full_read=False)
+
+
+@dataclass(frozen=True)
+class _Since:
+    """Trials with an id above ``last`` or among ``unfinished``."""
+
+    last: int
+    unfinished: list[int]
+
+
+def _find_study(connection: sa.Connection, study_name: str) -> tuple[int, str]:
+    found = connection.execute(
+        sa.text(
+            "SELECT s.study_id, d.direction, (SELECT COUNT(*) FROM study_directions n "
+            "WHERE n.study_id = s.study_id) FROM studies s JOIN study_directions d "
+            "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name = :name"
+        ),
+        {"name": study_name},
+    ).first()
+    if found is None:
+        raise StudyNotFoundError(f"no study named {study_name!r} in this storage")
+    study_id, direction, objectives = found
+    # The values and curves are the first objective's.
+    return int(study_id), _name(direction).lower() if objectives == 1 else MULTI_OBJECTIVE
+
+
+class _Query:
+    """The trials of one study (optionally only those of a ``_Since``): every query below
+    joins ``trials t`` and filters with the same clause."""
+
+    def __init__(self, study_id: int, since: _Since | None) -> None:
+        self.where = "t.study_id = :study"
+        self.parameters: dict[str, Any] = {"study": study_id}
+        self.expanding: list[str] = []
+        if since is not None:
+            self.where += " AND (t.trial_id > :last OR t.trial_id IN :unfinished)"
+            self.parameters.update(last=since.last, unfinished=since.unfinished)
+            self.expanding.append("unfinished")
+
+    def run(self, connection: sa.Connection, sql: str, **extra: Any) -> sa.CursorResult[Any]:
+        statement = sa.text(sql.format(where=self.where))
+        expanding = [*self.expanding, *(k for k, v in extra.items() if isinstance(v, list))]
+        if expanding:
+            statement = statement.bindparams(*(sa.bindparam(k, expanding=True) for k in expanding))
+        return connection.execute(statement, {**self.parameters, **extra})
+
+
+def _read_rows(
+    connection: sa.Connection,
+    study_name: str,
+    study_id: int,
+    direction: str,
+    attr_keys: tuple[str, ...] | None,
+    since: _Since | None,
+) -> TrialColumns:
+    query = _Query(study_id, since)
+    trials = query.run(
+        connection,
+        "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete "
+        "FROM trials t WHERE {where} ORDER BY t.number",
+    ).all()
+    row_of = {trial_id: row for row, (trial_id, *_rest) in enumerate(trials)}
+    value = np.full(len(trials), np.nan)
+    for trial_id, stored, kind in query.run(
+        connection,
+        "SELECT v.trial_id, v.value, v.value_type FROM trial_values v "
+        "JOIN trials t ON t.trial_id = v.trial_id WHERE {where} AND v.objective = 0",
+    ):
+        if trial_id in row_of:
+            value[row_of[trial_id]] = _float(stored, kind)
+    params, distributions = _params(connection, query, row_of, len(trials))
+    curve_row, curve_step, curve_value = _curves(connection, query, row_of)
+    user_attrs = _user_attrs(connection, query, row_of, len(trials), attr_keys)
     return TrialColumns(
         study_name=study_name,
-        # The values and curves are the first objective's.
-        direction=_name(direction).lower() if objectives == 1 else MULTI_OBJECTIVE,
+        direction=direction,
         number=np.array([t[1] for t in trials], dtype=np.int64),
         state=np.array([_name(t[2]) for t in trials], dtype=str),
         value=value,
@@ -230,22 +326,71 @@ def read_trials(
         curve_step=curve_step,
         curve_value=curve_value,
         user_attrs=user_attrs,
+        study_id=study_id,
+        trial_id=np.array([t[0] for t in trials], dtype=np.int64),
+        attr_keys=attr_keys,
+    )
+
+
+def _merge(old: TrialColumns, new: TrialColumns) -> TrialColumns:
+    """``old`` with the rows of ``new`` added or, for trials both hold, replaced."""
+    keep = np.flatnonzero(~np.isin(old.trial_id, new.trial_id))
+    order = np.argsort(np.concatenate([old.number[keep], new.number]), kind="stable")
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    old_position = np.full(len(old), -1, dtype=np.int64)
+    old_position[keep] = position[: len(keep)]
+    new_position = position[len(keep) :]
+
+    def stack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[keep], b])[order]
+
+    def stack_columns(
+        a: dict[str, np.ndarray], b: dict[str, np.ndarray], fill: Any
+    ) -> dict[str, np.ndarray]:
+        merged = {}
+        for name in dict.fromkeys([*a, *b]):
+            left = a.get(name, np.full(len(old), fill, dtype=object))
+            right = b.get(name, np.full(len(new), fill, dtype=object))
+            merged[name] = stack(left, right)
+        return merged
+
+    kept_curve = old_position[old.curve_row] >= 0
+    curve_row = np.concatenate([old_position[old.curve_row[kept_curve]],
+                                new_position[new.curve_row]])  # fmt: skip
+    curve_step = np.concatenate([old.curve_step[kept_curve], new.curve_step])
+    curve_value = np.concatenate([old.curve_value[kept_curve], new.curve_value])
+    curve_order = np.lexsort((curve_step, curve_row))
+    return TrialColumns(
+        study_name=new.study_name,
+        direction=new.direction,
+        number=stack(old.number, new.number),
+        state=stack(old.state, new.state),
+        value=stack(old.value, new.value),
+        datetime_start=stack(old.datetime_start, new.datetime_start),
+        datetime_complete=stack(old.datetime_complete, new.datetime_complete),
+        params=stack_columns(old.params, new.params, MISSING),
+        distributions={**new.distributions, **old.distributions},
+        curve_row=curve_row[curve_order],
+        curve_step=curve_step[curve_order],
+        curve_value=curve_value[curve_order],
+        user_attrs=stack_columns(old.user_attrs, new.user_attrs, None),
+        study_id=new.study_id,
+        trial_id=stack(old.trial_id, new.trial_id),
+        attr_keys=new.attr_keys,
     )
 
 
 def _params(
-    connection: sa.Connection, of_study: dict, row_of: dict[int, int], n: int
+    connection: sa.Connection, query: _Query, row_of: dict[int, int], n: int
 ) -> tuple[dict[str, np.ndarray], dict[str, BaseDistribution]]:
     params: dict[str, np.ndarray] = {}
     distributions: dict[str, BaseDistribution] = {}
     parsed: dict[str, BaseDistribution] = {}  # one parse per distinct distribution
-    for trial_id, name, internal, distribution_json in connection.execute(
-        sa.text(
-            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json "
-            "FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id "
-            "WHERE t.study_id = :study"
-        ),
-        of_study,
+    for trial_id, name, internal, distribution_json in query.run(
+        connection,
+        "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json "
+        "FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id WHERE {where}",
     ):
         if trial_id not in row_of:
             continue  # created after the trials query: not in this view
@@ -261,15 +406,13 @@ def _params(
 
 
 def _curves(
-    connection: sa.Connection, of_study: dict, row_of: dict[int, int]
+    connection: sa.Connection, query: _Query, row_of: dict[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = connection.execute(
-        sa.text(
-            "SELECT i.trial_id, i.step, i.intermediate_value, i.intermediate_value_type "
-            "FROM trial_intermediate_values i JOIN trials t ON t.trial_id = i.trial_id "
-            "WHERE t.study_id = :study"
-        ),
-        of_study,
+    rows = query.run(
+        connection,
+        "SELECT i.trial_id, i.step, i.intermediate_value, i.intermediate_value_type "
+        "FROM trial_intermediate_values i JOIN trials t ON t.trial_id = i.trial_id "
+        "WHERE {where}",
     ).all()
     rows = [r for r in rows if r[0] in row_of]
     trial_row = np.array([row_of[r[0]] for r in rows], dtype=np.int64)
@@ -281,26 +424,23 @@ def _curves(
 
 def _user_attrs(
     connection: sa.Connection,
-    of_study: dict,
+    query: _Query,
     row_of: dict[int, int],
     n: int,
     keys: tuple[str, ...] | None,
 ) -> dict[str, np.ndarray]:
-    query = (
+    sql = (
         "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
-        "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :study"
+        "JOIN trials t ON t.trial_id = a.trial_id WHERE {where}"
     )
-    parameters: dict[str, Any] = dict(of_study)
+    extra: dict[str, Any] = {}
     if keys is not None:
         if not keys:
             return {}
-        query += " AND a.key IN :keys"
-        parameters["keys"] = list(keys)
-    statement = sa.text(query)
-    if keys is not None:
-        statement = statement.bindparams(sa.bindparam("keys", expanding=True))
+        sql += " AND a.key IN :keys"
+        extra["keys"] = list(keys)
     attrs: dict[str, np.ndarray] = {}
-    for trial_id, key, value_json in connection.execute(statement, parameters):
+    for trial_id, key, value_json in query.run(connection, sql, **extra):
         if trial_id not in row_of:
             continue
         column = attrs.get(key)

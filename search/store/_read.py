@@ -45,13 +45,23 @@ def best_label(row: StudySummary) -> str:
     return f"{row.best_value:.4f} (#{row.best_number})" if row.best_value is not None else "-"
 
 
+def device_time_label(seconds: float) -> str:
+    """Device time at a readable scale: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def format_study_table(rows: list[StudySummary]) -> str:
-    header = ("study", "direction", "trials", *LISTED_STATES, "best (#)")
+    header = ("study", "direction", "trials", *LISTED_STATES, "best (#)", "device time")
     lines = [header]
     for row in rows:
         counts = (str(row.counts.get(state, 0)) for state in LISTED_STATES)
-        lines.append((row.name, row.direction, str(row.total), *counts, best_label(row)))
+        lines.append((row.name, row.direction, str(row.total), *counts, best_label(row),
+                      device_time_label(row.device_seconds)))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
     )
