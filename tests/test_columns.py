@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import uuid
 
 import numpy as np
 import optuna
@@ -15,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 from search.errors import StudyNotFoundError
 from search.store import MISSING, TrialColumns, read_changes, read_trials, study_summaries
 from tests import db
+from tests.conftest import postgres_url
 
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-4, 1.0, log=True),
@@ -250,3 +252,49 @@ def test_a_study_created_again_under_its_name_is_read_whole(storage_url: str, fi
     changes = read_changes(engine, before)
     assert changes.full_read and list(changes.changed) == [0]
     _assert_same(changes.columns, read_trials(engine, filled))
+
+
+def test_a_study_recreated_with_the_same_trial_ids_is_read_whole(storage_url: str) -> None:
+    """SQLite hands a study created again the ids its deleted namesake had (the largest id
+    plus one): the same study id, trial ids and trial count must not pass for no change."""
+    storage = db.storage(storage_url)
+    name = f"recreated-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=storage).add_trial(create_trial(value=1.0))
+    before = read_trials(storage.engine, name)
+    optuna.delete_study(study_name=name, storage=storage)
+    optuna.create_study(study_name=name, storage=storage).add_trial(create_trial(value=2.0))
+    changes = read_changes(storage.engine, before)
+    assert list(changes.columns.value) == [2.0] and changes.full_read
+    _assert_same(changes.columns, read_trials(storage.engine, name))
+    optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_a_trial_committed_late_with_a_lower_id_is_not_missed() -> None:
+    """Two writers on PostgreSQL: a trial whose transaction commits after a later trial's has
+    the lower id; the next read must still bring it in."""
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server at TEST_DB_URL / 127.0.0.1:5432")
+    storage = db.storage(url)
+    name = f"late-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=storage).add_trial(create_trial(value=1.0))
+    try:
+        first = read_trials(storage.engine, name)
+        insert = sqlalchemy.text(
+            "INSERT INTO trials (number, study_id, state, datetime_start) "
+            "VALUES (:number, :study, 'RUNNING', now()) RETURNING trial_id"
+        )
+        late = storage.engine.connect()
+        transaction = late.begin()
+        late.execute(insert, {"number": 1, "study": first.study_id})
+        with storage.engine.begin() as other:
+            other.execute(insert, {"number": 2, "study": first.study_id})
+        middle = read_changes(storage.engine, first)
+        assert list(middle.columns.number) == [0, 2]
+        transaction.commit()
+        late.close()
+        after = read_changes(storage.engine, middle.columns)
+        assert after.full_read and list(after.columns.number) == [0, 1, 2]
+        _assert_same(after.columns, read_trials(storage.engine, name))
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)

@@ -158,6 +158,34 @@ def test_a_page_is_sent_again_only_when_its_study_changed(tmp_path: Path, study_
     assert _post(client, "/", 6, _shown_key(client, "/", 6)).status_code == 204
 
 
+def test_a_page_that_failed_to_draw_is_drawn_again(
+    tmp_path: Path, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database error while drawing shows the error, and the next tick tries again
+    instead of keeping the error page as if it showed the study."""
+    import search.report._dashboard as dashboard
+    from search.errors import StorageError
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name=study_name, storage=db.storage(url),
+                                direction="maximize")  # fmt: skip
+    study.add_trials([_trial(0.9)])
+    client = build_app(url).server.test_client()
+    path = f"/study/{study_name}"
+    draw = dashboard._study_components
+
+    def locked(*args: object) -> object:
+        raise StorageError("database is locked")
+
+    monkeypatch.setattr(dashboard, "_study_components", locked)
+    failed = _post(client, path, 1, None).get_json()["response"]
+    assert "database is locked" in json.dumps(failed["page"])
+    assert failed["shown"]["data"] is None
+    monkeypatch.setattr(dashboard, "_study_components", draw)
+    again = _post(client, path, 2, None)
+    assert again.status_code == 200 and "Optimization history" in json.dumps(again.get_json())
+
+
 def test_studies_side_by_side(tmp_path: Path, study_name: str) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     storage = db.storage(url)
@@ -178,3 +206,21 @@ def test_studies_side_by_side(tmp_path: Path, study_name: str) -> None:
     assert "Tick two or more studies" in one
     missing = _refresh(client, "/compare", 1, f"?study={study_name}-a&study=nope")
     assert "no study named 'nope'" in missing
+    assert "Read with care" not in page
+    losses = optuna.create_study(study_name=f"{study_name}-c", storage=storage)  # minimize
+    losses.add_trials([_trial(0.3)])
+    mixed = _refresh(client, "/compare", 2, f"?study={study_name}-a&study={study_name}-c")
+    assert "Read with care" in mixed and "do not compare" in mixed
+
+
+def test_the_server_keeps_the_latest_watched_studies(tmp_path: Path, study_name: str) -> None:
+    from search.report._dashboard import LiveStudies
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    for suffix in "abc":
+        study = optuna.create_study(study_name=f"{study_name}-{suffix}", storage=db.storage(url))
+        study.add_trials([_trial(0.5)])
+    live = LiveStudies(url, keep=2)
+    for suffix in "abca":
+        assert len(live.read(f"{study_name}-{suffix}").columns) == 1
+    assert list(live._columns) == [f"{study_name}-c", f"{study_name}-a"]

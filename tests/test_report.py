@@ -257,7 +257,7 @@ def test_studies_lists_device_time(storage_url: str, study_name: str) -> None:
     rows = {row.name: row for row in list_studies(storage_url)}
     assert rows[study_name].device_seconds == 3603.25
     assert rows[study_name + "-untimed"].device_seconds == 0.0
-    table = format_study_table(list(rows.values())).splitlines()
+    table = format_study_table([rows[study_name], rows[study_name + "-untimed"]]).splitlines()
     assert table[0].split()[-2:] == ["device", "time"]
     assert table[1].endswith("60 min") and table[2].endswith("0 s")
 

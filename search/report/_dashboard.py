@@ -105,7 +105,8 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
 .error { color: #b00020; }
 </style>"""
 
-Page = tuple[str, Callable[[], Any]]  # (what the page shows, as a key; how to draw it)
+# (what the page shows, as a key; how to draw it: the children and whether they drew)
+Page = tuple[str, Callable[[], tuple[Any, bool]]]
 
 
 def build_app(storage_url: str, refresh_s: float = 5.0) -> dash.Dash:
@@ -146,7 +147,10 @@ def build_app(storage_url: str, refresh_s: float = 5.0) -> dash.Dash:
         key, draw = page(live, pathname or "/", search or "")
         if key == shown:
             raise dash.exceptions.PreventUpdate  # an empty answer (204): the page stays
-        return draw(), key
+        children, drawn = draw()
+        # A page that failed to draw (a locked database, a lost connection) is not what the
+        # key describes: store no key, so the next tick tries again.
+        return children, key if drawn else None
 
     @app.callback(dash.Output("compare-link", "href"), dash.Input("compare-pick", "value"))
     def _compare_link(names: list[str] | None) -> str:
@@ -173,14 +177,14 @@ def page(live: LiveStudies, pathname: str, search: str = "") -> Page:
                 key, draw = f"studies {rows!r}", lambda: studies_page(rows)
     except UserError as error:
         failure = error  # the except clause unbinds ``error`` when it ends
-        return f"error {pathname} {failure}", lambda: _error(failure)
+        return f"error {pathname} {failure}", lambda: (_error(failure), False)
 
-    def guarded() -> Any:
+    def guarded() -> tuple[Any, bool]:
         try:
             with reading(live.storage_url):
-                return draw()
+                return draw(), True
         except UserError as error:
-            return _error(error)
+            return _error(error), False
 
     return key, guarded
 

@@ -88,7 +88,9 @@ def _dashboard(url: str, study: str) -> dict[str, float]:
         try:
             first_s, key = ask(None)
             redraw_s, _ = ask(None)
-            unchanged_s, _ = ask(key)
+            unchanged_s, unchanged = ask(key)
+            if unchanged is not None:  # else the "no change" figure would time a redraw
+                raise RuntimeError("the server redrew an unchanged study page")
         except urllib.error.HTTPError as error:
             server.terminate()
             log = server.communicate(timeout=30)[0]

@@ -126,13 +126,15 @@ def study_summaries(engine: sa.Engine) -> list[StudySummary]:
         best: dict[int, tuple[float, int]] = {}
         for direction in ("MAXIMIZE", "MINIMIZE"):
             best.update(_best_values(connection, direction))
-        # Each finished trial records its device time as a JSON number.
+        # Each finished trial records its device time as a JSON number (a trial whose end
+        # could not be stored stays RUNNING with it: not counted until it is settled).
         device = dict(
             connection.execute(
                 sa.text(
                     "SELECT t.study_id, SUM(CAST(a.value_json AS FLOAT)) "
                     "FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
-                    "WHERE a.key = :key GROUP BY t.study_id"
+                    "WHERE a.key = :key AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL') "
+                    "GROUP BY t.study_id"
                 ),
                 {"key": Attr.TRAIN_SECONDS},
             ).all()
@@ -222,23 +224,51 @@ def read_changes(engine: sa.Engine, previous: TrialColumns) -> Changes:
     those created since it was read and those it held unfinished (RUNNING, WAITING).
 
     Trial ids grow with creation and one driver writes a study, so "created since" is
-    "id above the largest seen". The cheap check that this held (no trial with a lower id
-    appeared: a second writer whose transaction committed late) is a count; where it fails,
-    or the study was deleted and created again under its name, this reads everything."""
+    "id above the largest seen". After that read, a cheap check that this held: the trials
+    with an id up to the largest seen are as many as the result holds (no trial with a lower
+    id appeared: a second writer whose transaction committed late), and so are the finished
+    ones, with the same latest start (a study deleted and created again under its name,
+    whose new trials can reuse the old ids on SQLite). Where it fails, this reads everything.
+    """
     with engine.connect() as connection:
         study_id, direction = _find_study(connection, previous.study_name)
-        last = int(previous.trial_id.max()) if len(previous) else -1
-        held = connection.execute(
-            sa.text("SELECT COUNT(*) FROM trials WHERE study_id = :study AND trial_id <= :last"),
-            {"study": study_id, "last": last},
-        ).scalar_one()
         args = (connection, previous.study_name, study_id, direction, previous.attr_keys)
-        if study_id != previous.study_id or held != len(previous):
-            columns = _read_rows(*args, None)
-            return Changes(columns, columns.number.copy(), full_read=True)
-        unfinished = previous.trial_id[np.isin(previous.state, OPEN_STATES)]
-        delta = _read_rows(*args, _Since(last, [int(t) for t in unfinished]))
-    return Changes(_merge(previous, delta), np.sort(delta.number), full_read=False)
+        if study_id == previous.study_id:
+            last = int(previous.trial_id.max()) if len(previous) else -1
+            unfinished = previous.trial_id[np.isin(previous.state, OPEN_STATES)]
+            delta = _read_rows(*args, _Since(last, [int(t) for t in unfinished]))
+            merged = _merge(previous, delta)
+            if _same_trials_up_to(connection, study_id, last, merged):
+                return Changes(merged, np.sort(delta.number), full_read=False)
+        columns = _read_rows(*args, None)
+        return Changes(columns, columns.number.copy(), full_read=True)
+
+
+def _same_trials_up_to(
+    connection: sa.Connection, study_id: int, last: int, columns: TrialColumns
+) -> bool:
+    """Whether the database's trials with ids up to ``last`` are the ones ``columns`` holds:
+    as many, as many finished, and the same latest start among the finished."""
+    open_states = ", ".join(f"'{state}'" for state in OPEN_STATES)
+    total, finished, latest = connection.execute(
+        sa.text(
+            f"SELECT COUNT(*), SUM(CASE WHEN state IN ({open_states}) THEN 0 ELSE 1 END), "
+            f"MAX(CASE WHEN state IN ({open_states}) THEN NULL ELSE datetime_start END) "
+            "FROM trials WHERE study_id = :study AND trial_id <= :last"
+        ),
+        {"study": study_id, "last": last},
+    ).one()
+    held = columns.trial_id <= last
+    done = held & ~np.isin(columns.state, OPEN_STATES)
+    starts = columns.datetime_start[done]
+    starts = starts[~np.isnat(starts)]
+    expected = starts.max() if len(starts) else None
+    found = None if latest is None else np.datetime64(latest, "us")
+    return (
+        int(total) == int(held.sum())
+        and int(finished or 0) == int(done.sum())
+        and (found == expected)
+    )
 
 
 @dataclass(frozen=True)
