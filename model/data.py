@@ -91,6 +91,17 @@ class DataSplits:
             test_labels=self.test_labels[:0].clone(),
         )
 
+    def refit_on_train_and_val(self) -> DataSplits:
+        """Training on the training and validation splits together (a final refit once the
+        settings are chosen): no validation split is left to report on."""
+        return replace(
+            self,
+            train_images=torch.cat([self.train_images, self.val_images]),
+            train_labels=torch.cat([self.train_labels, self.val_labels]),
+            val_images=self.val_images[:0].clone(),
+            val_labels=self.val_labels[:0].clone(),
+        )
+
     def sizes(self) -> dict[str, int]:
         return {
             "train": len(self.train_labels),

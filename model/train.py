@@ -169,6 +169,8 @@ def fit(
     data: DataSplits,
     report: Report,
     checkpoint_dir: str | Path | None = None,
+    *,
+    final_test: bool = False,
 ) -> dict[str, Any]:
     """Train one configuration; return the last epoch's metrics.
 
@@ -180,6 +182,12 @@ def fit(
     a corrupt latest checkpoint falls back to the previous one or to epoch 1, with a
     ``checkpoint_warning`` in the first report. A NaN/Inf loss raises
     :class:`NonFiniteMetricError`.
+
+    With an empty validation split (a refit on training + validation) the reports carry no
+    ``val_*`` metrics. ``final_test`` (final evaluation only; a search never sets it)
+    evaluates the test split once, after the last epoch: the last report then also carries
+    ``test_acc``, ``test_loss`` and ``test_images``. If the checkpoint already holds every
+    epoch, that evaluation is the one report after the restored ones.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.model_validate(dict(config))
     device = resolve_device(cfg.device)
@@ -231,6 +239,7 @@ def fit(
         report(restored)
 
     metrics: dict[str, Any] = history[-1] if history else {}
+    tested = False
     for epoch in range(start_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
@@ -260,15 +269,15 @@ def fit(
         train_loss = loss_sum.item() / n_train
         if not math.isfinite(train_loss):
             raise NonFiniteMetricError(epoch, "train_loss")
-        val_acc, val_loss = _evaluate(
-            step_model, val_x, val_y, normalize, cfg.eval_batch_size, device
-        )
-        if not math.isfinite(val_loss):
-            raise NonFiniteMetricError(epoch, "val_loss")
-        metrics = {
-            "epoch": epoch,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
+        metrics = {"epoch": epoch}
+        if len(val_y):
+            val_acc, val_loss = _evaluate(
+                step_model, val_x, val_y, normalize, cfg.eval_batch_size, device
+            )
+            if not math.isfinite(val_loss):
+                raise NonFiniteMetricError(epoch, "val_loss")
+            metrics.update(val_acc=val_acc, val_loss=val_loss)
+        metrics |= {
             "train_loss": train_loss,
             "train_acc": correct.item() / n_train,
             "lr": optimizer.param_groups[0]["lr"],
@@ -292,5 +301,28 @@ def fit(
                 },
                 checkpoint_path,
             )
+        if final_test and epoch == cfg.epochs:
+            metrics |= _test_metrics(step_model, data, normalize, cfg, device)
+            tested = True
+        report(metrics)
+    if final_test and not tested:
+        # Every epoch came from the checkpoint (the process died after saving the last one).
+        metrics = {**metrics, **_test_metrics(step_model, data, normalize, cfg, device)}
+        metrics.pop("restored", None)
         report(metrics)
     return metrics
+
+
+def _test_metrics(
+    model: nn.Module,
+    data: DataSplits,
+    normalize: _Normalizer,
+    cfg: TrialConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The one evaluation of the test split, for final evaluation."""
+    if not len(data.test_labels):
+        raise ValueError("final_test: the data has no test split (a search's data never has)")
+    images, labels = data.test_images.to(device), data.test_labels.to(device)
+    test_acc, test_loss = _evaluate(model, images, labels, normalize, cfg.eval_batch_size, device)
+    return {"test_acc": test_acc, "test_loss": test_loss, "test_images": len(labels)}

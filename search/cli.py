@@ -1,4 +1,5 @@
-"""``resnet-hpo`` / ``python -m search``: run, studies, report, ablation-table, bench.
+"""``resnet-hpo`` / ``python -m search``: run, evaluate, studies, report, serve,
+ablation-table, bench.
 
 Each command imports what it needs when it runs: ``--help``, ``studies`` and a bad study file
 answer without importing torch, Ray or plotly.
@@ -97,6 +98,9 @@ def _run_ablation(config: AblationConfig, args: argparse.Namespace) -> int:
         print(f"interrupted ({result.interrupted}): run the same command again to finish the "
               "missing cells", file=sys.stderr)  # fmt: skip
         return 128 + signal.Signals[result.interrupted].value
+    if result.path_note:
+        print(f"{result.path_note}; the path did not reach the target", file=sys.stderr)
+        return 1
     if len(result.missing_arms) == len(result.rows):
         print("no arm has a finished cell: every trial failed; see the note column and the "
               "trials' stop_reason and error", file=sys.stderr)  # fmt: skip
@@ -120,8 +124,46 @@ def _cmd_ablation_table(args: argparse.Namespace) -> int:
     from search.store import load_study_readonly, reading
 
     with reading(args.storage):
-        rows = analyse(load_study_readonly(args.study, args.storage))
+        study = load_study_readonly(args.study, args.storage)
+        if args.path:
+            from search.ablation import path_steps, path_to_markdown
+
+            steps = path_steps(study)
+            if not steps:
+                raise UserError(
+                    f"study {args.study!r} has no path: it ran the fallback design (more "
+                    "arms than max_arms), or no step is decided yet"
+                )
+            sys.stdout.write(path_to_markdown(steps))
+            return 0
+        rows = analyse(study)
     sys.stdout.write(FORMATS[args.format](rows))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from search.evaluation import evaluation_to_markdown, run_evaluation
+
+    result = run_evaluation(
+        args.study,
+        args.storage,
+        top=args.top,
+        seeds=args.seeds,
+        refit=args.refit,
+        name=args.name,
+    )
+    summary = result.summary
+    print()
+    print(evaluation_to_markdown(result.rows, result.metric, result.test))
+    print(f"evaluation study: {result.name} (evaluates {args.study}) in {args.storage}")
+    if summary.interrupted:
+        print(f"interrupted ({summary.interrupted}): run the same command again to finish the "
+              "missing seeds", file=sys.stderr)  # fmt: skip
+        return 128 + signal.Signals[summary.interrupted].value
+    if summary.gave_up or any(row.n == 0 for row in result.rows):
+        print("some configurations have no test result: see the note column and the trials' "
+              "stop_reason and error", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -203,6 +245,7 @@ def _bounded(
 
 
 _positive_int = _bounded(int, "a whole number", 1, math.inf, "{value} trials: give 1 or more")
+_count = _bounded(int, "a whole number", 1, 1000, "{value}: give 1 to 1000")
 _refresh_seconds = _bounded(
     float, "a number of seconds", 0.5, 3600, "{value:g} s: give 0.5 to 3600 seconds"
 )
@@ -283,12 +326,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_cmd_serve)
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="retrain a search's best configurations with seeds and test each once",
+    )
+    evaluate.add_argument("--study", required=True, help="the search study")
+    evaluate.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
+    evaluate.add_argument(
+        "--top", type=_count, default=3, help="how many of the best configurations (default 3)"
+    )
+    evaluate.add_argument(
+        "--seeds", type=_count, default=3, help="seeds per configuration (default 3)"
+    )
+    evaluate.add_argument(
+        "--refit",
+        choices=("train", "train+val"),  # search.config.REFITS (not imported: --help stays fast)
+        default="train",
+        help="train on the training split (default) or on training + validation",
+    )
+    evaluate.add_argument(
+        "--name",
+        type=_study_name,
+        help="the evaluation study's name (default: the search's name + '-evaluation')",
+    )
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
     table = commands.add_parser(
         "ablation-table", help="the table of an ablation study: arms, CIs, paired deltas"
     )
     table.add_argument("--study", required=True, help="study name")
     table.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     table.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    table.add_argument(
+        "--path",
+        action="store_true",
+        help="design: path studies: the path's steps (markdown) instead of the per-arm table",
+    )
     table.set_defaults(handler=_cmd_ablation_table)
 
     bench = commands.add_parser(

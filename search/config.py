@@ -7,7 +7,7 @@ and writes nothing (the CLI exits with code 2 and names the field).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,6 +20,17 @@ from spaces import FixedParam, Space, SpaceError, load_space
 from spaces.language import CategoricalParam, FloatParam, IntParam, format_validation_error
 
 ObjectiveMetric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
+# Final evaluation trains on the training split, or on training + validation, then reads the
+# test split once.
+Refit = Literal["train", "train+val"]
+REFITS: tuple[str, ...] = get_args(Refit)
+
+
+def test_metric(metric: str) -> str:
+    """The test split's counterpart of an objective metric: val_acc -> test_acc."""
+    return "test_" + metric.split("_", 1)[1]
+
+
 SamplerName = Literal["tpe", "random", "cmaes", "qmc", "grid"]
 # Set by the study, not searchable: the epoch budget is ASHA's max_epochs.
 STUDY_OWNED_FIELDS = ("epochs",)

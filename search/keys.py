@@ -34,6 +34,8 @@ class Attr:
     DEVICE: Final = "device"
     ARM: Final = "arm"  # ablations: the arm's name
     SEED: Final = "seed"  # ablations: the seed of this arm x seed cell
+    TEST_IMAGES: Final = "test_images"  # final evaluation: test images it was evaluated on
+    TEST_LOSS: Final = "test_loss"  # final evaluation: the test split's cross-entropy
 
 
 class StudyAttr:
@@ -45,6 +47,8 @@ class StudyAttr:
     CREATED_ON_HOST: Final = "created_on_host"
     PACKAGE_VERSION: Final = "package_version"
     GIT_SHA: Final = "git_sha"
+    EVALUATES: Final = "evaluates"  # final evaluation: the search study it evaluates
+    EVALUATION: Final = "evaluation"  # final evaluation: its plan and who read the test split
 
 
 class Reason:

@@ -36,19 +36,24 @@ def start_driver(
     fixture) instead of starting its own, unless ``own_ray``: a driver that is paused while
     another runs needs a cluster of its own, or its idle trials would hold the CPUs the
     other driver waits for."""
+    log = log or study_file.with_suffix(".log")
+    return start_command(["run", str(study_file), *extra], log, study_file.parent, own_ray)
+
+
+def start_command(args: list[str], log: Path, cwd: Path, own_ray: bool = False) -> subprocess.Popen:
+    """``python -m search ARGS`` (any command that drives trials), as :func:`start_driver`."""
     global started
     started += 1
-    log = log or study_file.with_suffix(".log")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if own_ray:
         env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "search", "run", str(study_file), *extra],
+        [sys.executable, "-m", "search", *args],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env=env,
-        cwd=study_file.parent,
+        cwd=cwd,
     )
     _running.append(process)
     return process

@@ -19,7 +19,7 @@ HEAVY = ("torch", "torchvision", "ray", "plotly", "dash", "sklearn", "scipy")
 LAYERS = (
     ("search.cli", "search.__main__"),
     ("search.study_file", "search.report"),
-    ("search.ablation",),
+    ("search.ablation", "search.evaluation"),
     ("search.engine",),
     ("search.config", "search.store"),
     ("search.keys", "search.errors", "search._lazy"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
@@ -10,6 +11,9 @@ from optuna.trial import TrialState
 from search.ablation._stats import ArmRun, ArmSummary, summarise
 from search.errors import UserError
 from search.keys import Attr, StudyAttr
+
+if TYPE_CHECKING:
+    from search.ablation._path import PathStep
 
 
 def ablation_runs(study: optuna.Study) -> list[ArmRun]:
@@ -61,6 +65,10 @@ class AblationResult:
     gave_up: bool  # the run stopped after max_failed_trials failures; cells are missing
     name: str = ""  # the study that holds it (the fork's name after --fork)
     interrupted: str | None = None  # the signal that ended the run early
+    # design: path: its steps (None for the other designs and the path's fallback), and why
+    # the path stopped before the target, if it did.
+    path: list[PathStep] | None = None
+    path_note: str | None = None
 
     @property
     def missing_arms(self) -> list[str]:

@@ -6,7 +6,10 @@ arm's difference to the baseline can be paired seed by seed. Designs:
 * ``one_at_a_time``: the baseline, plus one arm per factor value that differs from it;
 * ``leave_one_out``: the baseline is the full configuration; each factor names the value
   that removes that component (``augmentation: none``), one arm per factor;
-* ``factorial``: every combination of the factors' values (the baseline's is one of them).
+* ``factorial``: every combination of the factors' values (the baseline's is one of them);
+* ``path``: the ablation path from the baseline to a ``target`` configuration (Fawcett &
+  Hoos 2016): the factors are the settings in which the two differ, and the arms are
+  chosen step by step from the results (see :mod:`search.ablation._path`).
 
 Each arm x seed is one Optuna trial whose parameters are the factors plus ``seed``, queued
 with ``enqueue_trial``: the database stays a standard Optuna study.
@@ -40,6 +43,9 @@ BASELINE = "baseline"
 FROM_KEY = "from"
 SEED_PARAM = "seed"
 SEED_RANGE = (0, 9_999)  # a fixed distribution, so that adding seeds keeps the space
+PATH = "path"
+# The fields only design: path takes; the other designs take factors instead.
+PATH_ONLY_FIELDS = ("target", "together", "max_arms")
 
 
 class _Strict(BaseModel):
@@ -57,8 +63,16 @@ class AblationConfig(_Strict):
     kind: Literal["ablation"]
     dataset: DatasetConfig = DatasetConfig()
     baseline: dict[str, Any]
-    factors: dict[str, Any] = Field(min_length=1)
-    design: Literal["one_at_a_time", "leave_one_out", "factorial"] = "one_at_a_time"
+    # Required by every design but path, which derives them from the baseline and target.
+    factors: dict[str, Any] | None = None
+    design: Literal["one_at_a_time", "leave_one_out", "factorial", "path"] = "one_at_a_time"
+    # design: path only. The configuration the path ends at: the baseline with the settings
+    # written here changed, or {from: study:NAME} (that search's best trial, + overrides).
+    target: dict[str, Any] | None = None
+    # Settings that must move together along the path (beyond what the space's `when` says).
+    together: list[list[str]] | None = None
+    # More candidate arms than this (d(d+1)/2 for d groups): each group alone + the target.
+    max_arms: int | None = Field(None, ge=1)
     seeds: int = Field(3, ge=1)
     first_seed: int = 0
     sequential: SequentialSeeds | None = None
@@ -166,8 +180,10 @@ def seeds_for(config: AblationConfig, count: int | None = None) -> list[int]:
 
 
 def validate_ablation(config: AblationConfig) -> None:
-    """Names and values of the baseline and the factors, before anything runs."""
-    for name, values in config.factors.items():
+    """Names and values of the baseline and the factors (or the target), before anything
+    runs."""
+    factors = _check_design_fields(config)
+    for name, values in factors.items():
         if config.design == "leave_one_out":
             if isinstance(values, list | dict):
                 raise ConfigError(
@@ -192,31 +208,82 @@ def validate_ablation(config: AblationConfig) -> None:
     if config.sequential and config.sequential.max_seeds < config.seeds:
         raise ConfigError("sequential.max_seeds", "must be >= seeds", config.source)
     known = set(TrialSettings.model_fields) - set(STUDY_OWNED_FIELDS)
-    for section, mapping in (("baseline", config.baseline), ("factors", config.factors)):
+    target = config.target or {}
+    sections = (("baseline", config.baseline), ("factors", factors), ("target", target))
+    for section, mapping in sections:
         for name in mapping:
-            if section == "baseline" and name == FROM_KEY:
+            if section != "factors" and name == FROM_KEY:
                 continue
             if name not in known:
                 raise ConfigError(
                     f"{section}.{name}", f"unknown setting; known: {sorted(known)}", config.source
                 )
-    for name, value in config.baseline.items():
-        if name != FROM_KEY:
-            _check_value(config, f"baseline.{name}", name, value)
-    for name, values in config.factors.items():
+    for section, mapping in (("baseline", config.baseline), ("target", target)):
+        for name, value in mapping.items():
+            if name != FROM_KEY:
+                _check_value(config, f"{section}.{name}", name, value)
+    for index, group in enumerate(config.together or []):
+        for position, name in enumerate(group):
+            if name not in known:
+                raise ConfigError(
+                    f"together[{index}][{position}]",
+                    f"unknown setting {name!r}; known: {sorted(known)}",
+                    config.source,
+                )
+    for name, values in factors.items():
         listed = values if isinstance(values, list) else [values]
         for index, value in enumerate(listed):
             where = f"factors.{name}[{index}]" if isinstance(values, list) else f"factors.{name}"
             _check_value(config, where, name, value)
-    devices = {config.baseline.get("device")}
-    factor_devices = config.factors.get("device", [])
+    devices = {config.baseline.get("device"), target.get("device")}
+    factor_devices = factors.get("device", [])
     devices |= set(factor_devices if isinstance(factor_devices, list) else [factor_devices])
     check_gpu_share(devices, config.resources, config.source)
-    source = config.baseline.get(FROM_KEY)
-    if source is not None and not (isinstance(source, str) and source.startswith(STUDY_PREFIX)):
-        raise ConfigError("baseline.from", "must be study:NAME", config.source)
-    if source is None:
+    for section, mapping in (("baseline", config.baseline), ("target", target)):
+        source = mapping.get(FROM_KEY)
+        if source is not None and not (isinstance(source, str) and source.startswith(STUDY_PREFIX)):
+            raise ConfigError(f"{section}.from", "must be study:NAME", config.source)
+    if config.baseline.get(FROM_KEY) is None:
         check_arms(config, with_factor_defaults(config, config.baseline))
+
+
+def _check_design_fields(config: AblationConfig) -> dict[str, Any]:
+    """The fields each design takes: factors for all but path; target (and the optional
+    together, max_arms) for path only. Returns the factors (none for path)."""
+    if config.design == PATH:
+        if config.factors is not None:
+            raise ConfigError(
+                "factors",
+                "design: path derives its factors (every setting in which the baseline and "
+                "the target differ); remove factors",
+                config.source,
+            )
+        if config.target is None:
+            raise ConfigError(
+                "target",
+                "design: path needs the configuration it ends at: written out, or "
+                "{from: study:NAME} (that search's best trial)",
+                config.source,
+            )
+        if config.sequential is not None:
+            raise ConfigError(
+                "sequential",
+                "design: path picks each step from its seeds' results; it does not add seeds",
+                config.source,
+            )
+        return {}
+    for name in PATH_ONLY_FIELDS:
+        if getattr(config, name) is not None:
+            raise ConfigError(
+                name, f"only for design: path (this is design: {config.design})", config.source
+            )
+    if not config.factors:
+        raise ConfigError(
+            "factors",
+            f"design: {config.design} needs a non-empty mapping of settings to vary",
+            config.source,
+        )
+    return config.factors
 
 
 def with_factor_defaults(config: AblationConfig, baseline: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +291,7 @@ def with_factor_defaults(config: AblationConfig, baseline: dict[str, Any]) -> di
     that does not vary it), so every arm differs from the baseline in named settings only."""
     defaults = {
         name: TrialSettings.model_fields[name].default
-        for name in config.factors
+        for name in config.factors or {}
         if name not in baseline and name in TrialSettings.model_fields
     }
     return {**defaults, **baseline}
@@ -238,6 +305,8 @@ def _check_value(config: AblationConfig, path: str, name: str, value: Any) -> No
 
 
 def check_arms(config: AblationConfig, baseline: dict[str, Any]) -> None:
+    if config.factors is None:
+        return  # design: path checks its arms once the target is resolved (search.ablation._path)
     for arm in plan_arms(baseline, config.factors, config.design):
         candidate = {**baseline, **arm.values, "epochs": config.epochs}
         try:

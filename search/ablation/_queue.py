@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.ablation._design import (
     BASELINE,
     FROM_KEY,
+    PATH,
     SEED_PARAM,
     AblationConfig,
     Arm,
@@ -19,6 +21,7 @@ from search.ablation._design import (
     seeds_for,
     with_factor_defaults,
 )
+from search.ablation._path import FALLBACK, GREEDY, PathDesign, check_path_arms, plan_path
 from search.errors import IncompatibleStudyError, UserError
 from search.keys import RETRYABLE_REASONS, STUDY_PREFIX, Attr, StudyAttr
 from search.store import check_same_split, load_study_readonly
@@ -30,21 +33,77 @@ def resolve_baseline(config: AblationConfig) -> dict[str, Any]:
     source = config.baseline.get(FROM_KEY)
     if source is None:
         return with_factor_defaults(config, overrides)
-    study = load_study_readonly(source[len(STUDY_PREFIX) :], config.storage)
-    # Settings chosen on another split's validation images would be judged on images they
-    # were chosen with (or trained on).
-    check_same_split("baseline.from", source, study, config.dataset.model_dump())
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise UserError(f"baseline.from: {source} has no COMPLETE trial yet")
-    best = study.best_trial
-    settings = dict(best.user_attrs.get(Attr.CONFIG) or best.params)
-    settings.pop("epochs", None)
+    settings = _best_settings(config, "baseline", source)
     baseline = with_factor_defaults(config, {**settings, **overrides})
     check_arms(config, baseline)
     return baseline
 
 
-def _params(trial: FrozenTrial) -> dict[str, Any]:
+def resolve_target(config: AblationConfig, baseline: dict[str, Any]) -> dict[str, Any]:
+    """design: path's target. Written out, it is the baseline with the settings it names
+    changed (a partial target never changes settings it does not mention); ``from:
+    study:NAME`` is that trial's whole configuration (a setting it does not set trained
+    with the trial default), plus the overrides written next to ``from``."""
+    target = config.target or {}
+    overrides = {k: v for k, v in target.items() if k != FROM_KEY}
+    source = target.get(FROM_KEY)
+    if source is None:
+        # The written settings first: their order is the order of the path's groups.
+        return {**overrides, **{k: v for k, v in baseline.items() if k not in overrides}}
+    return {**_best_settings(config, "target", source), **overrides}
+
+
+def _best_settings(config: AblationConfig, section: str, source: str) -> dict[str, Any]:
+    study = load_study_readonly(source[len(STUDY_PREFIX) :], config.storage)
+    # Settings chosen on another split's validation images would be judged on images they
+    # were chosen with (or trained on).
+    check_same_split(f"{section}.from", source, study, config.dataset.model_dump())
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UserError(f"{section}.from: {source} has no COMPLETE trial yet")
+    best = study.best_trial
+    settings = dict(best.user_attrs.get(Attr.CONFIG) or best.params)
+    settings.pop("epochs", None)
+    return settings
+
+
+def space_parents(config: AblationConfig) -> dict[str, list[str]]:
+    """Setting -> the settings its ``when`` depends on, in the resolved spaces of the
+    search studies the baseline and the target come from (a written-out one has none)."""
+    parents: dict[str, list[str]] = {}
+    for mapping in (config.baseline, config.target or {}):
+        source = mapping.get(FROM_KEY)
+        if source is None:
+            continue
+        study = load_study_readonly(source[len(STUDY_PREFIX) :], config.storage)
+        space = (study.user_attrs.get(StudyAttr.STUDY_FILE) or {}).get("space") or {}
+        for name, param in space.items():
+            when = param.get("when") if isinstance(param, dict) else None
+            for parent in when or {}:
+                if parent not in parents.setdefault(name, []):
+                    parents[name].append(parent)
+    return parents
+
+
+def _changed_plan(name: str, lines: list[str]) -> str:
+    shown = "\n  ".join(lines)
+    return (
+        f"ablation {name!r} already exists with another plan:\n  {shown}\n"
+        "Run it with its original file, or start a new ablation study from this file: "
+        "resnet-hpo run FILE.yaml --fork NEW_NAME (cells of the same arms and seeds "
+        "are carried over)"
+    )
+
+
+def enqueue_cell(study: optuna.Study, arm: Arm, seed: int) -> None:
+    """Queue one arm x seed cell: its parameters, and its arm and seed as user attributes."""
+    study.enqueue_trial(
+        {**arm.values, SEED_PARAM: seed},
+        user_attrs={Attr.ARM: arm.name, Attr.SEED: seed},
+        skip_if_exists=False,
+    )
+
+
+def queued_params(trial: FrozenTrial) -> dict[str, Any]:
     # A queued (WAITING) trial keeps its parameters in the fixed_params system attribute.
     return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
 
@@ -90,13 +149,7 @@ class AblationPlan:
             if stored.get(key) != current[key]
         ]
         if lines:
-            shown = "\n  ".join(lines)
-            raise IncompatibleStudyError(
-                f"ablation {study.study_name!r} already exists with another plan:\n  {shown}\n"
-                "Run it with its original file, or start a new ablation study from this file: "
-                "resnet-hpo run FILE.yaml --fork NEW_NAME (cells of the same arms and seeds "
-                "are carried over)"
-            )
+            raise IncompatibleStudyError(_changed_plan(study.study_name, lines))
 
     def enqueue_missing(self, study: optuna.Study) -> int:
         """Queue every planned cell that no trial of the study covers yet (so no arm x seed
@@ -110,7 +163,7 @@ class AblationPlan:
             )
             if lost:
                 continue  # its retry (queued by the lease holder) covers the cell, or nothing
-            params = _params(trial)
+            params = queued_params(trial)
             arm = arm_of(self.arms, params)
             if arm is not None and SEED_PARAM in params:
                 covered.add((arm.name, params[SEED_PARAM]))
@@ -120,11 +173,7 @@ class AblationPlan:
         for arm in self.arms:
             for seed in sorted(self.seeds[arm.name]):
                 if (arm.name, seed) not in covered:
-                    study.enqueue_trial(
-                        {**arm.values, SEED_PARAM: seed},
-                        user_attrs={Attr.ARM: arm.name, Attr.SEED: seed},
-                        skip_if_exists=False,
-                    )
+                    enqueue_cell(study, arm, seed)
                     queued += 1
         return queued
 
@@ -139,3 +188,81 @@ class AblationPlan:
         if seed not in self.seeds[BASELINE]:
             self.seeds[BASELINE].append(seed)
         return True
+
+
+@dataclass
+class PathQueue:
+    """design: path's queue: the cells of the arms the path has proposed so far (they grow
+    round by round) and the study's record of the plan, which refuses a changed file but
+    not a resumed path."""
+
+    config: AblationConfig
+    baseline: dict[str, Any]  # the full configurations, resolved
+    target: dict[str, Any]
+    design: PathDesign
+    ran: str  # GREEDY or FALLBACK: the design that actually runs
+    arms: list[Arm] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.set_arms(self.arms or [self.design.arm(())])
+
+    def set_arms(self, arms: list[Arm]) -> None:
+        self.arms = list(arms)
+        self._cells = AblationPlan(self.config, self.baseline, self.arms)
+
+    def describe(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._cells.describe(params)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "design": PATH,
+            "ran": self.ran,
+            "baseline_arm": BASELINE,
+            "arms": [arm.name for arm in self.arms],
+            "baseline": self.baseline,
+            "target": self.target,
+            "groups": [list(group) for group in self.design.groups],
+            "path": self.design.record(),
+            "epochs": self.config.epochs,
+            "seeds": seeds_for(self.config),
+        }
+
+    def check(self, study: optuna.Study) -> None:
+        """Refuse a study whose plan differs (design, baseline, target, groups, epochs,
+        seeds): its path would mix two experiments. More arms is a path that went on."""
+        stored = study.user_attrs.get(StudyAttr.ABLATION)
+        if not stored:
+            return
+        current = json.loads(json.dumps(self.record()))  # as the study stores it
+        lines = [
+            f"{key}: {stored.get(key)!r} -> {current[key]!r}"
+            for key in PATH_COMPARED
+            if stored.get(key) != current[key]
+        ]
+        if lines:
+            raise IncompatibleStudyError(_changed_plan(study.study_name, lines))
+
+    def enqueue_missing(self, study: optuna.Study) -> int:
+        # The record follows the arms: the table (analyse) lists every arm proposed so far.
+        study.set_user_attr(StudyAttr.ABLATION, self.record())
+        return self._cells.enqueue_missing(study)
+
+
+# What a path study's record must keep across runs (its arms grow as the path goes on).
+PATH_COMPARED = ("design", "ran", "baseline", "target", "groups", "epochs", "seeds")
+
+
+def resolve_path(config: AblationConfig) -> PathQueue:
+    """The resolved baseline and target, their differing settings in groups, and which
+    design runs (greedy, or the fallback above max_arms); checked before anything runs."""
+    baseline = resolve_baseline(config)
+    target = resolve_target(config, baseline)
+    maximize = config.objective.resolved_direction == "maximize"
+    design = plan_path(baseline, target, space_parents(config), config.together or [], maximize)
+    check_path_arms(config, baseline, design)
+    full_baseline = {**baseline, **design.baseline}
+    full_target = {**target, **design.target}
+    ran = GREEDY
+    if config.max_arms is not None and design.greedy_arm_count > config.max_arms:
+        ran = FALLBACK
+    return PathQueue(config, full_baseline, full_target, design, ran)

@@ -1,12 +1,16 @@
-"""The ablation table in Markdown, CSV and LaTeX."""
+"""The ablation table in Markdown, CSV and LaTeX; a path study's steps in Markdown."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from typing import TYPE_CHECKING
 
 from search.ablation._stats import ArmSummary
+
+if TYPE_CHECKING:
+    from search.ablation._path import PathStep
 
 CSV_COLUMNS = (
     "arm",
@@ -49,20 +53,21 @@ def to_csv(rows: list[ArmSummary]) -> str:
     return buffer.getvalue()
 
 
-def table_cells(row: ArmSummary) -> list[str]:
-    def interval(low: float | None, high: float | None) -> str:
-        text_low, text_high = _number(low), _number(high)
-        return f"[{text_low}, {text_high}]" if text_low and text_high else ""
+def _interval(low: float | None, high: float | None) -> str:
+    text_low, text_high = _number(low), _number(high)
+    return f"[{text_low}, {text_high}]" if text_low and text_high else ""
 
+
+def table_cells(row: ArmSummary) -> list[str]:
     settled = "" if row.test is None else ("yes" if row.settled else "no")
     return [
         row.arm,
         str(row.n),
         _number(row.mean),
         _number(row.std),
-        interval(row.ci_low, row.ci_high),
+        _interval(row.ci_low, row.ci_high),
         "" if row.delta is None else f"{row.delta:+.4f}",
-        interval(row.delta_ci_low, row.delta_ci_high),
+        _interval(row.delta_ci_low, row.delta_ci_high),
         _p(row.p_value),
         _p(row.p_holm),
         _number(row.effect_size, 2),
@@ -102,3 +107,40 @@ def to_latex(rows: list[ArmSummary]) -> str:
 
 
 FORMATS = {"md": to_markdown, "csv": to_csv, "latex": to_latex}
+
+
+PATH_HEADER = (
+    "step", "flipped", "arm", "n", "mean", "std", "95% CI", "gain", "gain 95% CI", "test",
+    "within noise", "change vs baseline", "change 95% CI", "other candidates (mean)", "note",
+)  # fmt: skip
+
+
+def path_cells(row: PathStep) -> list[str]:
+    flipped = ", ".join(f"{name}={value}" for name, value in row.flipped.items())
+    others = "; ".join(
+        f"{arm}: {_number(mean) or 'no finished cell'}" for arm, mean in row.others.items()
+    )
+    return [
+        str(row.step),
+        flipped,
+        row.arm,
+        str(row.n),
+        _number(row.mean),
+        _number(row.std),
+        _interval(row.ci_low, row.ci_high),
+        "" if row.gain is None else f"{row.gain:+.4f}",
+        _interval(row.gain_ci_low, row.gain_ci_high),
+        row.gain_test or "",
+        "yes" if row.within_noise else "no",
+        "" if row.change is None else f"{row.change:+.4f}",
+        _interval(row.change_ci_low, row.change_ci_high),
+        others,
+        row.note or "",
+    ]
+
+
+def path_to_markdown(rows: list[PathStep]) -> str:
+    """The path of a design: path study, one row per step (search.ablation.path_steps)."""
+    lines = ["| " + " | ".join(PATH_HEADER) + " |", "|" + "---|" * len(PATH_HEADER)]
+    lines += ["| " + " | ".join(path_cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -11,7 +11,14 @@ from search._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "._run": ("QueuePlan", "RunSummary", "build_sampler", "prepare_study", "run_study"),
+        "._run": (
+            "QueuePlan",
+            "RunSummary",
+            "build_sampler",
+            "prepare_study",
+            "run_study",
+            "trial_data",
+        ),
         "._searcher": ("SearchProgress", "StudySearcher"),
         "._policy": ("RunPolicy",),
         "._payload": ("TrialFactory", "TrialPayload"),
@@ -44,5 +51,6 @@ if TYPE_CHECKING:
         build_sampler,
         prepare_study,
         run_study,
+        trial_data,
     )
     from search.engine._searcher import SearchProgress, StudySearcher

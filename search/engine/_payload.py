@@ -20,13 +20,15 @@ CHECKPOINT_FOLDER = "trial_{number:05d}"
 @dataclass(frozen=True)
 class TrialPayload:
     """One trial's work: its settings (``model.TrialConfig`` fields), where it checkpoints,
-    how many CPU threads it may use, and a fault to inject (tests and drills only)."""
+    how many CPU threads it may use, whether it ends with the test split's one evaluation
+    (final evaluation only), and a fault to inject (tests and drills only)."""
 
     number: int  # the study trial
     settings: dict[str, Any]
     checkpoint_dir: str
     cpu_threads: int = 1
     fault: Fault | None = None
+    final_test: bool = False
 
     def as_config(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class TrialPayload:
             "checkpoint_dir": self.checkpoint_dir,
             "cpu_threads": self.cpu_threads,
             "fault": self.fault.as_config() if self.fault else None,
+            "final_test": self.final_test,
         }
 
     @classmethod
@@ -46,6 +49,7 @@ class TrialPayload:
             checkpoint_dir=str(config["checkpoint_dir"]),
             cpu_threads=max(1, int(config.get("cpu_threads", 1))),
             fault=Fault(**fault) if fault else None,
+            final_test=bool(config.get("final_test", False)),
         )
 
     def without_fault(self) -> TrialPayload:
@@ -64,6 +68,7 @@ class TrialFactory:
     cpu_threads: int = 1
     pretrained_paths: dict[str, str] = field(default_factory=dict)
     faults: dict[int, Fault] = field(default_factory=dict)
+    final_test: bool = False
 
     def checkpoint_dir(self, number: int) -> Path:
         return self.checkpoint_root / CHECKPOINT_FOLDER.format(number=number)
@@ -85,4 +90,5 @@ class TrialFactory:
             checkpoint_dir=str(self.checkpoint_dir(number)),
             cpu_threads=self.cpu_threads,
             fault=self.faults.get(number),
+            final_test=self.final_test,
         )

@@ -23,7 +23,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
 from model import DataSplits, load_dataset
-from search.config import SamplerConfig, StudyConfig
+from search.config import Refit, SamplerConfig, StudyConfig, test_metric
 from search.engine._asha import RungLedger, StudyASHA, study_history
 from search.engine._checkpoints import CheckpointPolicy, folder_size
 from search.engine._faults import Fault
@@ -202,6 +202,7 @@ def run_study(
     more: int | None = None,
     fork: str | None = None,
     plan: QueuePlan | None = None,
+    final_evaluation: Refit | None = None,
 ) -> RunSummary:
     """Run ``config`` until the study holds ``n_trials`` finished trials (or ``more`` beyond
     what it holds); every trial and epoch lands in the SQL study.
@@ -210,6 +211,10 @@ def run_study(
     a new study of that name with the finished trials of this one that fit its space.
     ``faults`` (tests and drills only) makes the trials with those numbers fail on purpose.
     ``plan`` (ablations) queues the trials to run; then only queued trials run.
+    ``final_evaluation`` (``resnet-hpo evaluate`` only) trains on the training split
+    (``train``) or on training + validation (``train+val``), evaluates the test split once
+    at the end, and makes the test metric (``val_acc`` -> ``test_acc``) the trials' value;
+    without it the trials never receive the test split.
 
     Everything that can be checked before the first database write is (the data, output_dir,
     pretrained files, resources against the Ray cluster, the storage's schema). Raises
@@ -237,7 +242,17 @@ def run_study(
             check_resources(config.resources, config.source)
             storage = open_storage(config.storage)
             try:
-                run = _Run(config, space, data, pretrained, output_dir, stream, faults, started)
+                run = _Run(
+                    config,
+                    space,
+                    data,
+                    pretrained,
+                    output_dir,
+                    stream,
+                    faults,
+                    started,
+                    final_evaluation,
+                )
                 return run.execute(storage, watch, more=more, fork=fork, plan=plan)
             except Exception as error:
                 _raise_if_storage_lost(error, config.storage)
@@ -261,6 +276,7 @@ class _Run:
     stream: TextIO
     faults: dict[int, Fault] | None
     started: float
+    final_evaluation: Refit | None = None
 
     def execute(
         self,
@@ -343,6 +359,8 @@ class _Run:
             self.output_dir / "checkpoints" / (f"{config.name}-{uid[:8]}" if uid else config.name)
         )
         metric = config.objective.metric
+        if self.final_evaluation is not None:
+            metric = test_metric(metric)
         mode = "max" if config.objective.resolved_direction == "maximize" else "min"
 
         known = study.get_trials(deepcopy=False)
@@ -362,6 +380,7 @@ class _Run:
             cpu_threads=max(1, int(config.resources.cpu)),
             pretrained_paths=dict(self.pretrained),
             faults=dict(self.faults or {}),
+            final_test=self.final_evaluation is not None,
         )
         searcher = StudySearcher(
             study,
@@ -397,8 +416,9 @@ class _Run:
         progress = ProgressView(searcher, total=to_run, stream=self.stream)
         if to_run:
             trainable = tune.with_resources(
-                # Training and validation splits only: the search never reads the test set.
-                tune.with_parameters(train_trial, data=self.data.without_test()),
+                tune.with_parameters(
+                    train_trial, data=trial_data(self.data, self.final_evaluation)
+                ),
                 {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
             )
             tuner = tune.Tuner(
@@ -450,6 +470,17 @@ class _Run:
             checkpoint_root,
             watch.signal_name,
         )
+
+
+def trial_data(data: DataSplits, final_evaluation: Refit | None) -> DataSplits:
+    """What the trials receive. A search gets the training and validation splits only: no
+    trial of a search ever holds the test images. Final evaluation gets the test split too,
+    and with ``train+val`` trains on the validation images as well."""
+    if final_evaluation is None:
+        return data.without_test()
+    if final_evaluation == "train+val":
+        return data.refit_on_train_and_val()
+    return data
 
 
 class _StopAll(Stopper):

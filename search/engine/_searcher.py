@@ -69,6 +69,7 @@ class _LiveTrial:
     worker_failures: int = 0
     train_seconds: float = 0.0
     last_value: float | None = None
+    value_epoch: int = 0  # the last epoch whose metric was reported to the study
     device: str | None = None
 
 
@@ -352,21 +353,32 @@ class StudySearcher(Searcher):
         if result.get("checkpoint_warning"):
             live.trial.set_user_attr(Attr.CHECKPOINT_WARNING, str(result["checkpoint_warning"]))
         epoch = result.get("epoch")
-        value = result.get(self.policy.metric)
-        if result.get("restored") and isinstance(epoch, int):
+        if not isinstance(epoch, int):
+            return
+        restored = bool(result.get("restored"))
+        if restored:
             live.restored_epochs = max(live.restored_epochs, epoch)
-        if not isinstance(epoch, int) or epoch <= live.epochs_done or value is None:
-            return  # a duplicate (Ray repeats the last result on completion) or no metric
+        if epoch > live.epochs_done:  # else a duplicate: Ray repeats the last result
+            if not restored:
+                self._epochs_done += epoch - live.epochs_done
+                live.train_seconds += float(result.get("epoch_seconds", 0.0))
+            live.epochs_done = epoch
+            live.device = result.get("device", live.device)
+        if Attr.TEST_IMAGES in result:
+            # Final evaluation's one look at the test split; a search never reports it.
+            live.trial.set_user_attr(Attr.TEST_IMAGES, int(result[Attr.TEST_IMAGES]))
+            live.trial.set_user_attr(Attr.TEST_LOSS, float(result[Attr.TEST_LOSS]))
+        # The metric can come in a later report of the same epoch (final evaluation's test
+        # accuracy after a fully restored checkpoint), or never per epoch (only at the end).
+        value = result.get(self.policy.metric)
+        if value is None or epoch <= live.value_epoch:
+            return
         value = float(value)
         if not math.isfinite(value):
             return  # the trial raises NonFiniteMetricError; the failure records it
         live.trial.report(value, step=epoch)
-        if not result.get("restored"):
-            self._epochs_done += epoch - live.epochs_done
-            live.train_seconds += float(result.get("epoch_seconds", 0.0))
-        live.epochs_done = epoch
+        live.value_epoch = epoch
         live.last_value = value
-        live.device = result.get("device", live.device)
 
     def _finish(
         self, live: _LiveTrial, state: TrialState, reason: str, value: float | None = None

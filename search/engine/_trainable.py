@@ -22,7 +22,13 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
     if payload.fault is not None:
         report = with_fault(payload.fault, report)
     try:
-        fit(payload.settings, data, report, payload.checkpoint_dir)
+        fit(
+            payload.settings,
+            data,
+            report,
+            payload.checkpoint_dir,
+            final_test=payload.final_test,
+        )
     except Exception as error:  # noqa: BLE001 - every failure is reported, by type, below
         # Classified here, where every exception class is importable, and sent as the trial's
         # last result: the driver never has to unpickle it. (Tune stops a trial with

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +15,17 @@ import plotly
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.ablation import HEADER, analyse, table_cells
-from search.keys import Attr
+from search.ablation import (
+    HEADER,
+    PATH,
+    PATH_HEADER,
+    PathStep,
+    analyse,
+    path_cells,
+    path_steps,
+    table_cells,
+)
+from search.keys import Attr, StudyAttr
 
 
 @dataclass(frozen=True)
@@ -120,19 +130,70 @@ def forest_figure(rows: list[Any], metric: str) -> go.Figure:
     return figure
 
 
-def ablation_table_html(rows: list[Any]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """An HTML table of text cells, escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row)) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def ablation_table_html(rows: list[Any]) -> str:
+    return html_table(HEADER, (table_cells(row) for row in rows))
+
+
+def path_table_html(steps: list[PathStep]) -> str:
+    return html_table(PATH_HEADER, (path_cells(step) for step in steps))
+
+
+def path_figure(baseline: Any, steps: list[PathStep], metric: str) -> go.Figure:
+    """The cumulative path: the baseline, then each step's configuration (mean over seeds,
+    95% interval); a grey marker where the step's gain is within seed noise."""
+    labels = ["baseline"] + [
+        f"{step.step}: " + ", ".join(f"{k}={v}" for k, v in step.flipped.items()) for step in steps
+    ]
+    means = [baseline.mean] + [step.mean for step in steps]
+    highs = [baseline.ci_high] + [step.ci_high for step in steps]
+    lows = [baseline.ci_low] + [step.ci_low for step in steps]
+    noise = [False] + [step.within_noise for step in steps]
+    figure = go.Figure(
+        go.Scatter(
+            x=labels,
+            y=means,
+            mode="lines+markers",
+            line={"shape": "hv", "color": "#1f77b4"},
+            marker={"size": 11, "color": ["#7f7f7f" if n else "#1f77b4" for n in noise]},
+            error_y={
+                "type": "data",
+                "array": [_finite_or_zero(h, m) for h, m in zip(highs, means, strict=True)],
+                "arrayminus": [_finite_or_zero(m, lo) for m, lo in zip(means, lows, strict=True)],
+                "visible": True,
+            },
+            hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=f"Path from the baseline to the target: {metric} after each step (95% CI; "
+        "grey: the step's paired gain is within seed noise)",
+        xaxis_title="step (the settings it changes to the target's values)",
+        yaxis_title=metric,
+    )
+    return figure
+
+
 def ablation_figures(study: optuna.Study, metric: str) -> list[tuple[str, go.Figure | str]]:
-    """The table, the forest plot and the per-arm curves of an ablation study."""
+    """The table, the forest plot and the per-arm curves of an ablation study; for a path
+    ablation, the path first (its steps' table and the cumulative chart)."""
     rows = analyse(study)
-    return [
+    sections: list[tuple[str, go.Figure | str]] = []
+    steps = path_steps(study) if study.user_attrs[StudyAttr.ABLATION].get("design") == PATH else []
+    if steps:
+        sections += [
+            ("Path from baseline to target", path_table_html(steps)),
+            ("The path step by step", path_figure(rows[0], steps, metric)),
+        ]
+    return sections + [
         ("Ablation table", ablation_table_html(rows)),
         ("Differences to the baseline", forest_figure(rows, metric)),
         ("Per-epoch curves per arm", arm_curve_figure(arm_curves(study.trials), metric)),

@@ -232,7 +232,14 @@ def report_content(
                                               key=lambda sn: order.get(sn[0], 99))
     ) or "no trials"  # fmt: skip
     sections: list[tuple[str, go.Figure | str]] = []
-    if StudyAttr.ABLATION in study_attrs:
+    evaluation = StudyAttr.EVALUATION in study_attrs
+    if evaluation:
+        # Imported here, like the ablation's: its statistics load scipy.
+        from search.report._evaluation import evaluation_sections
+
+        metric = str(study_attrs[StudyAttr.EVALUATION]["value"])
+        sections += evaluation_sections(study)
+    elif StudyAttr.ABLATION in study_attrs:
         # An ablation is no search: history, importance and best trials would rank seeds.
         # Imported here: the ablation statistics load scipy (~0.5 s), which a search's
         # report does not need.
@@ -241,8 +248,9 @@ def report_content(
         sections += ablation_figures(study, metric)
     else:
         sections += _search_figures(columns, metric, importance, replicates)
-    sections.append(("Learning curves", learning_curve_figure(columns, metric)))
-    if StudyAttr.ABLATION not in study_attrs:
+    if not evaluation:  # its trials report the test metric once, at the end: no curve
+        sections.append(("Learning curves", learning_curve_figure(columns, metric)))
+    if StudyAttr.ABLATION not in study_attrs and not evaluation:
         sections.append(("Best trials", _table(best_trials(columns), metric)))
     asha = study_file.get("asha", {})
     pruning = asha.get("enabled", True) and asha.get("max_epochs")
