@@ -77,13 +77,17 @@ def _statistics(cfg: TrialConfig, mean: Tensor, std: Tensor) -> tuple[Tensor, Te
     )
 
 
-def build_model(cfg: TrialConfig, num_classes: int) -> ResNet:
-    """The trial's network: initialised (or pretrained, with a new head) and frozen."""
+def build_model(
+    cfg: TrialConfig, num_classes: int, pretrained_file: str | Path | None = None
+) -> ResNet:
+    """The trial's network: initialised (or pretrained, with a new head) and frozen.
+    ``pretrained_file`` is where ``cfg.pretrained``'s checkpoint is on this machine, where
+    the setting names it elsewhere (a URL the caller fetched)."""
     model = build_resnet(cfg.depth, num_classes, stem=cfg.stem, width=cfg.width)
     if cfg.pretrained == IMAGENET:
         load_backbone(model, imagenet_state_dict(cfg.depth), f"torchvision resnet{cfg.depth}")
     elif cfg.pretrained:
-        state, trained_with = checkpoint_state_dict(cfg.pretrained)
+        state, trained_with = checkpoint_state_dict(pretrained_file or cfg.pretrained)
         for key in ("depth", "stem", "width"):
             if key in trained_with and trained_with[key] != getattr(cfg, key):
                 raise ValueError(
@@ -171,6 +175,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     *,
     final_test: bool = False,
+    pretrained_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; return the last epoch's metrics.
 
@@ -190,12 +195,16 @@ def fit(
     epoch, that evaluation is the one report after the restored ones.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.model_validate(dict(config))
+    if final_test and not len(data.test_labels):  # before training, not after it
+        raise ValueError("final_test: the data has no test split (a search's data never has)")
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.num_classes).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg, data.num_classes, pretrained_file).to(
+        device, memory_format=torch.channels_last
+    )
     # Dynamo caches compiled code per architecture in the process, so in a reused actor only
     # the first trial of each architecture pays for compilation.
     step_model = torch.compile(model) if cfg.compile else model
@@ -321,8 +330,8 @@ def _test_metrics(
     device: torch.device,
 ) -> dict[str, Any]:
     """The one evaluation of the test split, for final evaluation."""
-    if not len(data.test_labels):
-        raise ValueError("final_test: the data has no test split (a search's data never has)")
     images, labels = data.test_images.to(device), data.test_labels.to(device)
     test_acc, test_loss = _evaluate(model, images, labels, normalize, cfg.eval_batch_size, device)
+    if not math.isfinite(test_loss):
+        raise NonFiniteMetricError(cfg.epochs, "test_loss")
     return {"test_acc": test_acc, "test_loss": test_loss, "test_images": len(labels)}

@@ -31,6 +31,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from search.study_file import load_study_file
 
     config = load_study_file(args.study, {"storage": args.storage, "name": args.study_name})
+    if args.ray_address is not None:
+        from search.config import RayConfig
+
+        config = config.model_copy(update={"ray": RayConfig(address=args.ray_address)})
     if isinstance(config, AblationConfig):
         return _run_ablation(config, args)
     from search.engine import run_study
@@ -151,6 +155,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         refit=args.refit,
         name=args.name,
+        ray_address=args.ray_address,
     )
     summary = result.summary
     print()
@@ -261,6 +266,25 @@ def _study_name(text: str) -> str:
     return text
 
 
+def _ray_address_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--ray-address",
+        type=_study_name_like("a cluster address"),
+        metavar="HOST:PORT",
+        help="the Ray cluster to run on (its head's address, or 'auto'); overrides the study "
+        "file's ray.address and RAY_ADDRESS (default: a new Ray on this machine)",
+    )
+
+
+def _study_name_like(noun: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"give {noun}")
+        return text.strip()
+
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-hpo",
@@ -285,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start study NEW_NAME from this study file; the finished trials of the existing "
         "study that fit its space are copied when only the space changed",
     )
+    _ray_address_option(run)
     run.set_defaults(handler=_cmd_run)
 
     studies = commands.add_parser("studies", help="list studies with trial counts and best value")
@@ -349,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_study_name,
         help="the evaluation study's name (default: the search's name + '-evaluation')",
     )
+    _ray_address_option(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     table = commands.add_parser(

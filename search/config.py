@@ -7,7 +7,7 @@ and writes nothing (the CLI exits with code 2 and names the field).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -108,6 +108,20 @@ class ResourcesConfig(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+class RayConfig(_Strict):
+    """The Ray cluster trials run on. ``address``: ``HOST:PORT`` of a running cluster's head
+    (what ``ray start --head`` prints), ``auto`` (the cluster this machine has joined), or
+    unset: Ray's own ``RAY_ADDRESS`` if set, else a new Ray on this machine. Not part of the
+    study's identity: a study may continue on another cluster."""
+
+    address: str | None = Field(None, min_length=1)
+
+
+# A fixed number of trials at a time, or "auto": as many as the cluster's CPUs and GPUs hold
+# at one trial's request (resolved when the run connects).
+MaxConcurrent = Annotated[int, Field(ge=1)] | Literal["auto"]
+
+
 class StudyConfig(_Strict):
     name: str = Field(min_length=1)
     kind: Literal["search"] = "search"
@@ -118,14 +132,18 @@ class StudyConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     asha: AshaConfig
     n_trials: int = Field(ge=1)
-    max_concurrent: int = Field(1, ge=1)
+    max_concurrent: MaxConcurrent = 1
     # A trial whose worker process dies is run again from its checkpoint this many times.
     max_failures: int = Field(2, ge=0)
     # The run stops proposing trials after this many FAIL in one run (default: n_trials,
     # at least 10).
     max_failed_trials: int | None = Field(None, ge=1)
     resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
     checkpoints: CheckpointsConfig = CheckpointsConfig()
+    # Where checkpoints live when every node must reach them (a cluster without a shared
+    # disk): a URL (s3://bucket/prefix, gs://..., file:///shared/folder). Default: output_dir.
+    checkpoint_storage: str | None = Field(None, min_length=1)
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"
     # A driver silent for this long loses its lease to the next driver of the study.

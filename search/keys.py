@@ -32,6 +32,11 @@ class Attr:
     WALL_SECONDS: Final = "wall_seconds"
     TRAIN_SECONDS: Final = "train_seconds"  # device time training and validating
     DEVICE: Final = "device"
+    # {"host", "ip", "node_id"} of the Ray node that ran it (the last one, after a rerun on
+    # another node; "nodes" then lists every node it ran on, in order)
+    NODE: Final = "node"
+    STARTED_OVER: Final = "started_over"  # why a rerun trained from epoch 1 again
+    NODES: Final = "nodes"
     ARM: Final = "arm"  # ablations: the arm's name
     SEED: Final = "seed"  # ablations: the seed of this arm x seed cell
     TEST_IMAGES: Final = "test_images"  # final evaluation: test images it was evaluated on

@@ -40,11 +40,18 @@ def start_driver(
     return start_command(["run", str(study_file), *extra], log, study_file.parent, own_ray)
 
 
-def start_command(args: list[str], log: Path, cwd: Path, own_ray: bool = False) -> subprocess.Popen:
-    """``python -m search ARGS`` (any command that drives trials), as :func:`start_driver`."""
+def start_command(
+    args: list[str],
+    log: Path,
+    cwd: Path,
+    own_ray: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``python -m search ARGS`` (any command that drives trials), as :func:`start_driver`;
+    ``env`` adds to (or replaces in) the environment."""
     global started
     started += 1
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if own_ray:
         env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(

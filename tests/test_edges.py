@@ -202,11 +202,11 @@ def test_checkpoints_left_after_a_study_follow_the_policy(
     complete = sorted((t for t in final if t.state == TrialState.COMPLETE),
                       key=lambda t: t.value, reverse=True)  # fmt: skip
     assert len(complete) >= 2 and any(t.state == TrialState.FAIL for t in final)
-    on_disk = sorted(p.parent.name for p in summary.checkpoint_root.rglob("*.pt"))
+    on_disk = sorted(p.parent.name for p in Path(summary.checkpoint_root).rglob("*.pt"))
     # Exactly the best COMPLETE trial keeps last.pt (and nothing else); the other COMPLETE,
     # the PRUNED and the FAILed trials keep nothing.
     assert on_disk == [Path(complete[0].user_attrs["checkpoint"]).name]
-    assert all(p.name == "last.pt" for p in summary.checkpoint_root.rglob("*.pt"))
+    assert all(p.name == "last.pt" for p in Path(summary.checkpoint_root).rglob("*.pt"))
     assert summary.checkpoint_files == 1 and summary.checkpoint_bytes > 0
 
 

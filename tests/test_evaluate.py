@@ -111,6 +111,34 @@ def test_candidates_are_the_best_distinct_configurations() -> None:
     assert [c.number for c in ranked_candidates(minimize)] == [1, 0]
 
 
+def test_evaluation_seeds_never_repeat_a_candidates_search_seed() -> None:
+    from search.evaluation._plan import evaluation_seeds
+
+    assert evaluation_seeds({0}, 3) == [1000, 1001, 1002]
+    assert evaluation_seeds({0, 1001}, 3) == [1000, 1002, 1003]
+
+
+def test_the_gap_is_how_much_better_the_search_looked_for_losses_too() -> None:
+    """For a minimised metric the search looks better with a lower value: a test loss above
+    the search's is a positive gap, as a test accuracy below the search's is."""
+    from search.evaluation._table import evaluation_rows
+
+    for direction, search_value, tests, gap in (
+        ("maximize", 0.9, [0.8, 0.86], 0.07),
+        ("minimize", 0.2, [0.3, 0.26], 0.08),
+    ):
+        study = optuna.create_study(direction=direction)
+        study.set_user_attr(
+            StudyAttr.EVALUATION,
+            {"candidates": [4], "search_values": [search_value], "seed_list": [1000, 1001]},
+        )
+        for seed, value in zip((1000, 1001), tests, strict=True):
+            study.add_trial(optuna.trial.create_trial(
+                value=value, user_attrs={"arm": "trial 4", "seed": seed}))  # fmt: skip
+        (row,) = evaluation_rows(study)
+        assert row.gap == pytest.approx(gap)
+
+
 def test_cli_refit_choices_are_the_configs() -> None:
     from search.cli import build_parser
 
@@ -190,11 +218,11 @@ def test_evaluate_retrains_the_best_with_seeds_and_tests_once(
         assert trial_settings(trial) == candidate.settings  # the same configuration
         assert trial.user_attrs[Attr.CONFIG]["epochs"] == 2
     assert {(t.user_attrs["arm"], t.user_attrs["seed"]) for t in complete} == {
-        (f"trial {c.number}", seed) for c in best_two for seed in (0, 1)
+        (f"trial {c.number}", seed) for c in best_two for seed in (1000, 1001)
     }
     for row, candidate in zip(result.rows, best_two, strict=True):
         values = [t.value for t in complete if t.user_attrs["arm"] == f"trial {candidate.number}"]
-        assert row.search_value == candidate.value and row.n == 2 and row.seeds == (0, 1)
+        assert row.search_value == candidate.value and row.n == 2 and row.seeds == (1000, 1001)
         assert row.mean == pytest.approx(sum(values) / 2)
         assert row.gap == pytest.approx(candidate.value - row.mean)
         if values[0] != values[1]:
@@ -214,6 +242,13 @@ def test_evaluate_retrains_the_best_with_seeds_and_tests_once(
     assert "Learning curves" not in titles
     table = content.sections[0][1]
     assert f"trial {best_two[0].number}" in table and f"{result.rows[0].mean:.4f}" in table
+
+    # Nothing may be chosen from an evaluation: its trials are ranked on the test split.
+    from search.errors import UserError
+    from search.store import best_checkpoint
+
+    with pytest.raises(UserError, match="is a final evaluation"):
+        best_checkpoint(storage_url, f"study:{name}", {"name": "digits"})
 
     # A rerun continues the same plan (nothing to run); another plan is refused, exit 2.
     assert run_evaluation(study_name, storage_url, top=2, seeds=2).rows == result.rows

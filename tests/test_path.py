@@ -46,6 +46,17 @@ def test_a_conditional_setting_moves_with_its_parent_and_same_settings_drop_out(
     assert design.groups == (("momentum",), ("lr",), ("augmentation",))
 
 
+def test_settings_of_how_a_trial_runs_are_not_ablated() -> None:
+    """A target from a search carries its fixed block (device, eval_batch_size, compile):
+    those say how a trial runs, not what it learns, and never become steps."""
+    from search.ablation._path import differing_settings
+
+    baseline = {"lr": 0.1, "optimizer": "sgd", "device": "auto"}
+    target = {"lr": 0.05, "optimizer": "sgd", "device": "cpu", "eval_batch_size": 512,
+              "compile": True, "seed": 3, "epochs": 9}  # fmt: skip
+    assert differing_settings(baseline, target) == ["lr"]
+
+
 def test_together_groups_settings_and_ignores_those_that_do_not_differ() -> None:
     groups = path_groups(["augmentation", "lr", "optimizer"], {}, [["lr", "depth", "augmentation"]])
     assert groups == [("augmentation", "lr"), ("optimizer",)]  # in the target's order

@@ -29,7 +29,9 @@ from search.config import (
     STUDY_OWNED_FIELDS,
     CheckpointsConfig,
     DatasetConfig,
+    MaxConcurrent,
     ObjectiveConfig,
+    RayConfig,
     ResourcesConfig,
     StudyConfig,
     check_gpu_share,
@@ -79,10 +81,12 @@ class AblationConfig(_Strict):
     epochs: int = Field(ge=1)
     objective: ObjectiveConfig = ObjectiveConfig()
     # The same run settings as a search study's, in the same order (see StudyConfig).
-    max_concurrent: int = Field(1, ge=1)
+    max_concurrent: MaxConcurrent = 1
     max_failures: int = Field(2, ge=0)
     resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
     checkpoints: CheckpointsConfig = CheckpointsConfig()
+    checkpoint_storage: str | None = Field(None, min_length=1)
     storage: str = DEFAULT_STORAGE
     output_dir: str = "runs"
     lease_timeout_s: float = Field(60.0, ge=1)
@@ -167,7 +171,9 @@ def engine_config(config: AblationConfig, baseline: dict[str, Any], arms: list[A
         max_concurrent=config.max_concurrent,
         max_failures=config.max_failures,
         resources=config.resources,
+        ray=config.ray,
         checkpoints=config.checkpoints,
+        checkpoint_storage=config.checkpoint_storage,
         storage=config.storage,
         output_dir=config.output_dir,
         lease_timeout_s=config.lease_timeout_s,

@@ -37,8 +37,9 @@ from search.errors import ConfigError, UserError
 from search.keys import RETRYABLE_REASONS, Attr, StudyAttr
 
 GREEDY, FALLBACK = "greedy", "fallback"  # the design a path study actually ran
-# Not ablated: the study owns the epoch budget, and the seed is what arms are paired on.
-NOT_ABLATED = ("epochs", SEED_PARAM)
+# Not ablated: the study owns the epoch budget, the seed is what arms are paired on, and the
+# rest say how a trial runs, not what it learns (every arm takes the baseline's).
+NOT_ABLATED = ("epochs", SEED_PARAM, "device", "eval_batch_size", "compile")
 # Every combination of flipped groups is checked up front below this many groups (2^d
 # configurations); beyond it, the single flips and the target only.
 MAX_GROUPS_CHECKED_EXHAUSTIVELY = 10

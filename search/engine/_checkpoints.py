@@ -1,6 +1,7 @@
 """Checkpoint retention: a study keeps what resuming, fine-tuning and evaluation need.
 
-Every trial writes its whole training state after every epoch (``last.pt``, and ``prev.pt``
+Checkpoints live in a local folder or at a URL every node reaches (``checkpoint_storage``);
+every trial writes its whole training state after every epoch (``last.pt``, and ``prev.pt``
 as a fallback); for a ResNet-50 that is hundreds of MB a trial. The policy, applied as each
 trial ends (``checkpoints`` in the study file):
 
@@ -15,44 +16,53 @@ trial ends (``checkpoints`` in the study file):
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from model.checkpoint import PREVIOUS_NAME
 from search.keys import RETRYABLE_REASONS, Attr
+from search.store import delete_files, delete_folder, is_url
 
 logger = logging.getLogger(__name__)
 
 
-def folder_size(root: Path) -> tuple[int, int]:
-    """(number of files, bytes) under ``root``."""
-    files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-    return len(files), sum(p.stat().st_size for p in files)
+def _normal(location: str | Path) -> str:
+    """A location spelled one way: a local path resolved, a URL as written."""
+    text = str(location)
+    return text if is_url(text) else str(Path(text).resolve())
 
 
 class CheckpointPolicy:
-    """Deletes only folders under ``root`` (this study's checkpoint folder): a trial copied
-    by a fork points at its source study's checkpoint, which is that study's to manage."""
+    """Deletes only folders under ``root`` (this study's checkpoint folder, a local path or a
+    URL): a trial copied by a fork points at its source study's checkpoint, which is that
+    study's to manage."""
 
-    def __init__(self, study: optuna.Study, root: Path, keep: int, keep_all: bool = False) -> None:
+    def __init__(
+        self, study: optuna.Study, root: str | Path, keep: int, keep_all: bool = False
+    ) -> None:
         self.study = study
-        self.root = root.resolve()
+        self.root = _normal(root)
         self.keep = keep
         self.keep_all = keep_all
 
-    def _owned(self, folder: str | None) -> Path | None:
+    def _owned(self, folder: str | None) -> str | None:
         if not folder:
             return None
-        path = Path(folder).resolve()
-        return path if path.is_relative_to(self.root) and path != self.root else None
+        location = _normal(folder)
+        inside = _path_part(location).startswith(_path_part(self.root).rstrip("/") + "/")
+        same_place = _place(location) == _place(self.root)
+        return location if inside and same_place else None
 
     def _remove(self, folder: str | None) -> None:
-        path = self._owned(folder)
-        if path is not None and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+        location = self._owned(folder)
+        if location is not None:
+            try:
+                delete_folder(location)
+            except OSError as error:  # retention never fails a run
+                logger.warning("could not delete checkpoints at %s: %s", location, error)
 
     def trial_ended(self, number: int, state: TrialState, reason: str) -> None:
         """Apply the policy after trial ``number`` ended as ``state`` (``reason``)."""
@@ -70,7 +80,10 @@ class CheckpointPolicy:
             return
         owned = self._owned(folder)
         if owned is not None:
-            (owned / PREVIOUS_NAME).unlink(missing_ok=True)
+            try:
+                delete_files(owned, (PREVIOUS_NAME,))
+            except OSError as error:
+                logger.warning("could not delete %s's %s: %s", owned, PREVIOUS_NAME, error)
         self._keep_best([t for t in trials if t.state == TrialState.COMPLETE])
 
     def _keep_best(self, complete: list[FrozenTrial]) -> None:
@@ -81,6 +94,18 @@ class CheckpointPolicy:
                         reverse=maximize)  # fmt: skip
         for trial in ranked[self.keep :]:
             self._remove(trial.user_attrs[Attr.CHECKPOINT])
+
+
+def _path_part(location: str) -> str:
+    return urlsplit(location).path if is_url(location) else location
+
+
+def _place(location: str) -> tuple[str, str, str]:
+    """The filesystem a location is on: scheme, host (bucket) and options."""
+    if not is_url(location):
+        return ("", "", "")
+    parts = urlsplit(location)
+    return (parts.scheme, parts.netloc, parts.query)
 
 
 def _retried_chain(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from search.engine._faults import Fault
+from search.store import join
 
 # A trial's checkpoint folder under the study's checkpoint root.
 CHECKPOINT_FOLDER = "trial_{number:05d}"
@@ -64,14 +65,14 @@ class TrialFactory:
     ``study:NAME`` weights resolved to files, a checkpoint folder per trial."""
 
     defaults: dict[str, Any]
-    checkpoint_root: Path
+    checkpoint_root: str | Path  # a local folder or a URL (see search.store._locations)
     cpu_threads: int = 1
     pretrained_paths: dict[str, str] = field(default_factory=dict)
     faults: dict[int, Fault] = field(default_factory=dict)
     final_test: bool = False
 
-    def checkpoint_dir(self, number: int) -> Path:
-        return self.checkpoint_root / CHECKPOINT_FOLDER.format(number=number)
+    def checkpoint_dir(self, number: int) -> str:
+        return join(str(self.checkpoint_root), CHECKPOINT_FOLDER.format(number=number))
 
     def settings(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """The trial's settings, and the ``study:NAME`` its weights come from (if any): the
@@ -87,7 +88,7 @@ class TrialFactory:
         return TrialPayload(
             number=number,
             settings=settings,
-            checkpoint_dir=str(self.checkpoint_dir(number)),
+            checkpoint_dir=self.checkpoint_dir(number),
             cpu_threads=self.cpu_threads,
             fault=self.faults.get(number),
             final_test=self.final_test,

@@ -20,6 +20,7 @@ from model.settings import IMAGENET
 from search.config import ResourcesConfig
 from search.errors import ConfigError
 from search.keys import STUDY_PREFIX
+from search.store import exists, is_url, probe
 from spaces import Space
 
 
@@ -43,6 +44,26 @@ def check_output_dir(output_dir: str, source: str | None) -> Path:
     return path
 
 
+def check_checkpoint_storage(location: str | None, source: str | None) -> None:
+    """``checkpoint_storage`` is a URL this machine can write, read back and delete in."""
+    if location is None:
+        return
+    if not is_url(location):
+        raise ConfigError(
+            "checkpoint_storage",
+            f"{location!r} is not a URL; give one every node reaches (s3://bucket/prefix, "
+            "gs://..., file:///shared/folder), or leave it out to keep checkpoints under "
+            "output_dir",
+            source,
+        )
+    try:
+        probe(location)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            "checkpoint_storage", f"cannot write, read and delete at {location}: {error}", source
+        ) from None
+
+
 def check_pretrained_files(fixed: dict[str, Any], space: Space, source: str | None) -> None:
     """Every ``pretrained`` file the study can use loads (safely, weights only) now, in the
     driver, instead of failing every trial that draws it."""
@@ -50,10 +71,18 @@ def check_pretrained_files(fixed: dict[str, Any], space: Space, source: str | No
     for value in values:
         if not isinstance(value, str) or value == IMAGENET or value.startswith(STUDY_PREFIX):
             continue
+        field = "fixed.pretrained" if fixed.get("pretrained") == value else "space.pretrained"
+        if is_url(value):  # fetched by each trial from where every node reaches it
+            try:
+                found = exists(value)
+            except (OSError, ValueError) as error:
+                raise ConfigError(field, f"cannot read {value}: {error}", source) from None
+            if not found:
+                raise ConfigError(field, f"no checkpoint at {value}", source)
+            continue
         try:
             checkpoint_state_dict(value)
         except PretrainedError as error:
-            field = "fixed.pretrained" if fixed.get("pretrained") == value else "space.pretrained"
             raise ConfigError(field, str(error).removeprefix("pretrained: "), source) from None
 
 

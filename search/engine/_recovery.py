@@ -9,9 +9,7 @@ checkpoint.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +19,7 @@ from model import CHECKPOINT_NAME
 from model.checkpoint import PREVIOUS_NAME
 from search.errors import IncompatibleStudyError
 from search.keys import RETRYABLE_REASONS, Attr, Reason, StudyAttr
+from search.store import copy_files, delete_files
 from spaces import Space
 
 # Changing these makes old and new trials incomparable; the rest (budget, sampler,
@@ -123,21 +122,18 @@ def _running(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
     return optuna.Trial(study, frozen._trial_id)
 
 
-def clear_checkpoints(folder: Path) -> None:
-    """Remove checkpoints left in a trial folder by an earlier study of the same name."""
-    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
-        (folder / name).unlink(missing_ok=True)
+CHECKPOINT_FILES = (CHECKPOINT_NAME, PREVIOUS_NAME)
 
 
-def carry_checkpoint(source_dir: Path, target_dir: Path) -> bool:
+def clear_checkpoints(folder: str) -> None:
+    """Remove checkpoints left in a trial folder (a local path or a URL) by an earlier
+    study of the same name."""
+    delete_files(folder, CHECKPOINT_FILES)
+
+
+def carry_checkpoint(source_dir: str, target_dir: str) -> bool:
     """Copy a lost trial's checkpoints into its retry's folder; False if there were none."""
-    copied = False
-    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
-        if (source_dir / name).is_file():
-            target_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_dir / name, target_dir / name)
-            copied = True
-    return copied
+    return copy_files(source_dir, target_dir, CHECKPOINT_FILES)
 
 
 def _fits(space: Space, params: dict[str, Any]) -> bool:

@@ -25,13 +25,19 @@ from ray.tune.stopper import Stopper
 from model import DataSplits, load_dataset
 from search.config import Refit, SamplerConfig, StudyConfig, test_metric
 from search.engine._asha import RungLedger, StudyASHA, study_history
-from search.engine._checkpoints import CheckpointPolicy, folder_size
+from search.engine._checkpoints import CheckpointPolicy
+from search.engine._cluster import concurrent_trials, connect
 from search.engine._faults import Fault
 from search.engine._grid import GridPlan
 from search.engine._interrupts import InterruptWatch
 from search.engine._payload import TrialFactory
 from search.engine._policy import RunPolicy
-from search.engine._preflight import check_output_dir, check_pretrained_files, check_resources
+from search.engine._preflight import (
+    check_checkpoint_storage,
+    check_output_dir,
+    check_pretrained_files,
+    check_resources,
+)
 from search.engine._progress import FailureRecorder, ProgressView
 from search.engine._recovery import check_compatible, fork_trials, recover_lost_trials
 from search.engine._searcher import QueuePlan, SearchProgress, StudySearcher
@@ -39,6 +45,7 @@ from search.engine._trainable import train_trial
 from search.errors import RunAbortedError, StudyNotFoundError, UserError
 from search.keys import StudyAttr
 from search.store._lease import DriverLease, LeaseLostError
+from search.store._locations import folder_size, join
 from search.store._open import (
     check_storage,
     close_readonly_storages,
@@ -78,7 +85,7 @@ class RunSummary:
     best_number: int | None
     best_params: dict[str, Any]
     counts: dict[str, int]
-    checkpoint_root: Path
+    checkpoint_root: str  # a local folder, or a URL (checkpoint_storage)
     # Why the run stopped proposing before its budget ("grid_exhausted: ...", "failures: ...",
     # "interrupted: SIGINT"), or None.
     halt_reason: str | None = None
@@ -188,13 +195,6 @@ def _fork_target(config: StudyConfig, storage: optuna.storages.BaseStorage, fork
         raise UserError(f"--fork {fork}: a study of that name exists already; pick a new name")
 
 
-def _init_ray() -> bool:
-    if ray.is_initialized():
-        return False
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    return True
-
-
 def run_study(
     config: StudyConfig,
     stream: TextIO | None = None,
@@ -227,6 +227,7 @@ def run_study(
     with InterruptWatch() as watch:
         space = config.resolve_space()
         output_dir = check_output_dir(config.output_dir, config.source)
+        check_checkpoint_storage(config.checkpoint_storage, config.source)
         data = load_data(config)  # fails before any database write if the data is missing
         check_pretrained_files(config.fixed, space, config.source)
         pretrained = resolve_references(
@@ -236,7 +237,7 @@ def run_study(
         # The driver reads through its own storage from here on: the cached readers used to
         # resolve references would hold connections for nothing.
         close_readonly_storages()
-        started_ray = _init_ray()
+        started_ray = connect(config)
         watch.install()
         try:
             check_resources(config.resources, config.source)
@@ -355,8 +356,11 @@ class _Run:
         # The study's uid keeps two studies of one name (in two databases) out of each
         # other's checkpoint folders.
         uid = study.user_attrs.get(StudyAttr.UID)
+        folder = f"{config.name}-{uid[:8]}" if uid else config.name
         checkpoint_root = (
-            self.output_dir / "checkpoints" / (f"{config.name}-{uid[:8]}" if uid else config.name)
+            join(config.checkpoint_storage, folder)
+            if config.checkpoint_storage
+            else str(self.output_dir / "checkpoints" / folder)
         )
         metric = config.objective.metric
         if self.final_evaluation is not None:
@@ -404,12 +408,16 @@ class _Run:
                 grace_period=config.asha.grace_period,
                 reduction_factor=config.asha.reduction_factor,
             )
+        concurrent = concurrent_trials(config)
+        auto = (
+            " (max_concurrent: auto, from the cluster)" if config.max_concurrent == "auto" else ""
+        )
         grid = ""
         if isinstance(plan, GridPlan):
             grid = f"; the grid has {len(plan.points)} points"
         self.stream.write(
             f"study {config.name!r} in {config.storage}: {finished_before} finished trials, "
-            f"running {to_run} more ({config.max_concurrent} at a time, "
+            f"running {to_run} more ({concurrent} at a time{auto}, "
             f"{config.resources.cpu:g} CPU / {config.resources.gpu:g} GPU each{grid})\n"
         )
         self.stream.flush()
@@ -429,7 +437,7 @@ class _Run:
                     search_alg=searcher,
                     scheduler=scheduler,
                     num_samples=-1,  # the searcher ends the run when the budget is reached
-                    max_concurrent_trials=config.max_concurrent,
+                    max_concurrent_trials=concurrent,
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
@@ -533,7 +541,7 @@ def _summarise(
     study: optuna.Study,
     searcher: StudySearcher,
     wall_seconds: float,
-    checkpoint_root: Path,
+    checkpoint_root: str,
     interrupted: str | None,
 ) -> RunSummary:
     counts = count_states(study.get_trials(deepcopy=False))

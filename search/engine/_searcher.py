@@ -35,7 +35,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -61,7 +60,7 @@ DRIVER_ID = f"{socket.gethostname()}:{os.getpid()}"
 class _LiveTrial:
     trial: optuna.Trial
     ray_trial_id: str
-    checkpoint_dir: Path
+    checkpoint_dir: str  # a local folder or a URL
     payload: TrialPayload
     started: float = field(default_factory=time.monotonic)
     epochs_done: int = 0
@@ -70,6 +69,8 @@ class _LiveTrial:
     train_seconds: float = 0.0
     last_value: float | None = None
     value_epoch: int = 0  # the last epoch whose metric was reported to the study
+    nodes: list[dict[str, str]] = field(default_factory=list)  # where it ran, in order
+    rerun_pending: bool = False  # rerun after a worker death, no result from it yet
     device: str | None = None
 
 
@@ -318,26 +319,32 @@ class StudySearcher(Searcher):
         if reference is not None:
             trial.set_user_attr(Attr.PRETRAINED_FROM, reference)
         payload = self.trials.payload(trial.number, settings)
-        checkpoint_dir = Path(payload.checkpoint_dir)
+        checkpoint_dir = payload.checkpoint_dir
         lost = trial.user_attrs.get(Attr.RETRY_OF)
         if lost is not None:
-            self._carry_from(lost, checkpoint_dir)
+            self._carry_from(lost, trial, checkpoint_dir)
         else:
             clear_checkpoints(checkpoint_dir)  # a new trial never continues someone else's
         self.ledger.start(trial_id, trial.number, retry_of=lost)
         trial.set_user_attr(Attr.RAY_TRIAL_ID, trial_id)
         trial.set_user_attr(Attr.DRIVER, DRIVER_ID)
-        trial.set_user_attr(Attr.CHECKPOINT, str(checkpoint_dir))
+        trial.set_user_attr(Attr.CHECKPOINT, checkpoint_dir)
         trial.set_user_attr(Attr.CONFIG, settings)
         self._live[trial_id] = _LiveTrial(trial, trial_id, checkpoint_dir, payload)
         return payload.as_config()
 
-    def _carry_from(self, lost_number: int, checkpoint_dir: Path) -> None:
+    def _carry_from(self, lost_number: int, trial: optuna.Trial, checkpoint_dir: str) -> None:
         lost = self.study.get_trials(deepcopy=False)[lost_number]
         source = lost.user_attrs.get(Attr.CHECKPOINT)
-        if source and carry_checkpoint(Path(source), checkpoint_dir):
+        if source and carry_checkpoint(source, checkpoint_dir):
             return
-        # Nothing saved yet (lost in its first epoch): the retry starts from epoch 1.
+        if lost.intermediate_values:  # it had trained: its checkpoint is gone or unreachable
+            trial.set_user_attr(
+                Attr.STARTED_OVER,
+                f"trial {lost_number} reached epoch {max(lost.intermediate_values)}, but no "
+                f"checkpoint of it was found at {source}: this retry trains from epoch 1",
+            )
+        # Else it was lost in its first epoch: nothing to carry, nothing lost.
 
     def _resume_same_trial(self, trial_id: str, live: _LiveTrial) -> dict[str, Any]:
         """Run a trial whose worker died again, as the same Optuna trial; ``fit`` finds its
@@ -347,17 +354,30 @@ class StudySearcher(Searcher):
         self._live[trial_id] = live
         # The same study trial, so the same rung records: ASHA skips the rungs it holds.
         self.ledger.start(trial_id, live.trial.number)
+        live.rerun_pending = True
         return live.payload.without_fault().as_config()
 
     def _record_epoch(self, live: _LiveTrial, result: dict[str, Any]) -> None:
         if result.get("checkpoint_warning"):
             live.trial.set_user_attr(Attr.CHECKPOINT_WARNING, str(result["checkpoint_warning"]))
+        self._record_node(live, result)
         epoch = result.get("epoch")
         if not isinstance(epoch, int):
             return
         restored = bool(result.get("restored"))
         if restored:
             live.restored_epochs = max(live.restored_epochs, epoch)
+        if live.rerun_pending:
+            live.rerun_pending = False
+            if not restored and epoch == 1 and live.epochs_done > 0:
+                # Its epochs up to epochs_done are not reported (to Optuna, or to ASHA,
+                # whose rung records this trial holds) a second time.
+                self._try(
+                    live.trial.set_user_attr,
+                    Attr.STARTED_OVER,
+                    f"its worker died after epoch {live.epochs_done} and the rerun found no "
+                    "checkpoint: it trained from epoch 1 again",
+                )
         if epoch > live.epochs_done:  # else a duplicate: Ray repeats the last result
             if not restored:
                 self._epochs_done += epoch - live.epochs_done
@@ -379,6 +399,21 @@ class StudySearcher(Searcher):
         live.trial.report(value, step=epoch)
         live.value_epoch = epoch
         live.last_value = value
+
+    def _record_node(self, live: _LiveTrial, result: dict[str, Any]) -> None:
+        """The node this attempt runs on, once per attempt (Tune's ``hostname`` and
+        ``node_ip``, the trainable's ``node_id``)."""
+        node = {
+            "host": str(result.get("hostname", "")),
+            "ip": str(result.get("node_ip", "")),
+            "node_id": str(result.get("node_id", "")),
+        }
+        if not any(node.values()) or (live.nodes and live.nodes[-1] == node):
+            return
+        live.nodes.append(node)
+        self._try(live.trial.set_user_attr, Attr.NODE, node)
+        if len(live.nodes) > 1:
+            self._try(live.trial.set_user_attr, Attr.NODES, list(live.nodes))
 
     def _finish(
         self, live: _LiveTrial, state: TrialState, reason: str, value: float | None = None

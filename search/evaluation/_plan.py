@@ -43,6 +43,12 @@ class Candidate:
         return f"trial {self.number}"
 
 
+def trained_seed(trial: FrozenTrial) -> int:
+    """The seed a search trial trained with."""
+    stored = trial.user_attrs.get(Attr.CONFIG) or trial.params
+    return int(stored.get(SEED_PARAM, TrialSettings.model_fields[SEED_PARAM].default))
+
+
 def trial_settings(trial: FrozenTrial) -> dict[str, Any]:
     """Every setting a search trial trained with (defaults filled in), seed and epochs out."""
     defaults = {name: field.default for name, field in TrialSettings.model_fields.items()}
@@ -69,6 +75,22 @@ def ranked_candidates(study: optuna.Study) -> list[Candidate]:
         if all(settings != c.settings for c in ranked):
             ranked.append(Candidate(trial.number, float(trial.value), settings))
     return ranked
+
+
+# Evaluation seeds start here and skip every seed a candidate trained with in the search:
+# seed 0 of a search trial retrained on the same split is that trial again, bit for bit,
+# the very run that won partly by its seed's luck.
+FIRST_SEED = 1000
+
+
+def evaluation_seeds(search_seeds: set[int], count: int) -> list[int]:
+    seeds: list[int] = []
+    seed = FIRST_SEED
+    while len(seeds) < count:
+        if seed not in search_seeds:
+            seeds.append(seed)
+        seed += 1
+    return seeds
 
 
 def candidates_by_number(study: optuna.Study, numbers: list[int]) -> list[Candidate]:
@@ -110,8 +132,11 @@ def engine_config(
         n_trials=len(candidates) * seeds,
         max_concurrent=search.max_concurrent,
         max_failures=search.max_failures,
+        max_failed_trials=search.max_failed_trials,
         resources=search.resources,
+        ray=search.ray,
         checkpoints=search.checkpoints,
+        checkpoint_storage=search.checkpoint_storage,
         storage=storage,
         output_dir=search.output_dir,
         lease_timeout_s=search.lease_timeout_s,
@@ -142,8 +167,9 @@ class EvaluationPlan:
         """Queue every (configuration, seed) no trial covers yet: none runs twice, across
         crashes and reruns. A trial lost to a crash is covered by its retry."""
         if StudyAttr.EVALUATION not in study.user_attrs:
-            study.set_user_attr(StudyAttr.EVALUATES, self.record["evaluates"])
+            # The plan first: it is what marks the study as an evaluation everywhere.
             study.set_user_attr(StudyAttr.EVALUATION, self.record)
+            study.set_user_attr(StudyAttr.EVALUATES, self.record["evaluates"])
         covered: set[tuple[str, Any]] = set()
         for trial in study.get_trials(deepcopy=False):
             if trial.state == TrialState.FAIL and (

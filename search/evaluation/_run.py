@@ -8,7 +8,7 @@ from typing import TextIO
 
 import optuna
 
-from search.config import Refit, StudyConfig, test_metric
+from search.config import RayConfig, Refit, StudyConfig, test_metric
 from search.engine import Fault, RunSummary, run_study
 from search.errors import UserError
 from search.evaluation._plan import (
@@ -17,8 +17,10 @@ from search.evaluation._plan import (
     EvaluationPlan,
     candidates_by_number,
     engine_config,
+    evaluation_seeds,
     ranked_candidates,
     refuse_changed_plan,
+    trained_seed,
 )
 from search.evaluation._table import EvaluationRow, evaluation_rows, rows_as_records
 from search.keys import StudyAttr
@@ -83,22 +85,26 @@ def plan_evaluation(
         if stored is not None:
             refuse_changed_plan(name, stored, record)
             candidates = candidates_by_number(search, stored["candidates"])
+            seed_list = list(stored["seed_list"])
         else:
             ranked = ranked_candidates(search)
             if not ranked:
                 raise UserError(f"--study {search_name}: no COMPLETE trial to evaluate yet")
             candidates = ranked[:top]
+            trials = search.get_trials(deepcopy=False)
+            used = {trained_seed(trials[c.number]) for c in candidates}
+            seed_list = evaluation_seeds(used, seeds)
     metric = config.objective.metric
     record |= {
         "candidates": [c.number for c in candidates],
         "search_values": [c.value for c in candidates],
-        "seed_list": list(range(seeds)),
+        "seed_list": seed_list,
         "metric": metric,
         "value": test_metric(metric),
         "epochs": config.asha.max_epochs,
         "test_split": TEST_SPLIT_NOTE,
     }
-    plan = EvaluationPlan(record, candidates, list(range(seeds)))
+    plan = EvaluationPlan(record, candidates, seed_list)
     return engine_config(config, candidates, seeds, name, storage), plan
 
 
@@ -120,14 +126,18 @@ def run_evaluation(
     seeds: int = 3,
     refit: Refit = "train",
     name: str | None = None,
+    ray_address: str | None = None,
     stream: TextIO | None = None,
     faults: dict[int, Fault] | None = None,
 ) -> EvaluationResult:
+    """``ray_address`` overrides the cluster the search's file names (``ray.address``)."""
     stream = stream or sys.stdout
     name = name or search_name + EVALUATION_SUFFIX
     if name == search_name:
         raise UserError("--name: the evaluation needs its own study; the search is never changed")
     engine, plan = plan_evaluation(search_name, storage, top, seeds, refit, name)
+    if ray_address is not None:
+        engine = engine.model_copy(update={"ray": RayConfig(address=ray_address)})
     if len(plan.candidates) < top:
         stream.write(
             f"the search has {len(plan.candidates)} distinct COMPLETE configurations, fewer "

@@ -26,7 +26,10 @@ class EvaluationRow:
     std: float
     ci_low: float
     ci_high: float
-    gap: float  # search value - test mean: the winner's curse (plus the split's difference)
+    # How much better the search's value looked than the test mean (search - test for a
+    # maximised metric, test - search for a minimised one): the winner's curse, plus the
+    # difference between the two splits.
+    gap: float
     seconds: float
     note: str | None = None
 
@@ -50,6 +53,7 @@ def evaluation_rows(study: optuna.Study) -> list[EvaluationRow]:
         elif arm is not None and trial.state != TrialState.WAITING:
             reason = trial.user_attrs.get(Attr.STOP_REASON, trial.state.name)
             unfinished.setdefault(arm, []).append(f"{trial.state.name} {reason}")
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
     rows = []
     for number, search_value in zip(plan["candidates"], plan["search_values"], strict=True):
         arm = f"trial {number}"
@@ -75,7 +79,7 @@ def evaluation_rows(study: optuna.Study) -> list[EvaluationRow]:
                 std=std,
                 ci_low=low,
                 ci_high=high,
-                gap=search_value - mean,
+                gap=sign * (search_value - mean),
                 seconds=sum(seconds for _, _, seconds in cells),
                 note=note,
             )
@@ -98,7 +102,7 @@ def _number(value: float, digits: int = 4) -> str:
 def evaluation_to_markdown(rows: list[EvaluationRow], metric: str, test: str) -> str:
     header = (
         f"| configuration | {metric} in the search | seeds | {test} mean | std | 95% CI | "
-        f"gap (search - test) | device s | note |"
+        f"gap (search looked better by) | device s | note |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

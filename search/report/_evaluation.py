@@ -79,8 +79,9 @@ def evaluation_sections(study: optuna.Study) -> list[tuple[str, go.Figure | str]
         f'<p class="note">Evaluates the search {html.escape(str(plan["evaluates"]))}: its best '
         f"{len(rows)} configurations, each retrained on the {refit} split for "
         f"{plan.get('epochs')} epochs with seeds {plan.get('seed_list')} and tested once. The "
-        f"test split was {html.escape(str(plan.get('test_split')))}. The gap is the search's "
-        "value minus the test mean: a configuration chosen as the best of many noisy trials "
+        f"test split was {html.escape(str(plan.get('test_split')))}. The gap is how much "
+        "better the search's value looked than the test mean (search - test for accuracies, "
+        "test - search for losses): a configuration chosen as the best of many noisy trials "
         "looks better in the search than it is.</p>"
     )
     return [

@@ -256,7 +256,8 @@ def report_content(
     pruning = asha.get("enabled", True) and asha.get("max_epochs")
     sections.append(("Compute", _compute_table(compute(columns, pruning or None))))
     now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
-    slots = timeline(columns, now, study_file.get("max_concurrent"))
+    configured = study_file.get("max_concurrent")  # a number, or "auto" (from the cluster)
+    slots = timeline(columns, now, configured if isinstance(configured, int) else None)
     sections.append(("Worker slots", timeline_figure(slots, columns.state, columns.number)))
     provenance = (
         f"package {study_attrs.get(StudyAttr.PACKAGE_VERSION, '?')}, "

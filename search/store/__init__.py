@@ -1,5 +1,6 @@
 """The study database: opening it (read-write or read-only), its schema, the driver lease,
-read-only study queries, provenance and ``study:NAME`` references between studies."""
+read-only study queries, provenance and ``study:NAME`` references between studies; and where
+checkpoints live (a local folder or a URL every node reaches)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "read_trials",
             "study_summaries",
         ),
+        "._locations": (
+            "copy_files",
+            "delete_files",
+            "delete_folder",
+            "download",
+            "exists",
+            "folder_size",
+            "is_url",
+            "join",
+            "probe",
+            "split",
+            "upload",
+        ),
         "._refs": (
             "best_checkpoint",
             "check_same_split",
@@ -64,6 +78,19 @@ if TYPE_CHECKING:
         study_summaries,
     )
     from search.store._lease import DriverLease, LeaseHeldError, LeaseHolder, LeaseLostError
+    from search.store._locations import (
+        copy_files,
+        delete_files,
+        delete_folder,
+        download,
+        exists,
+        folder_size,
+        is_url,
+        join,
+        probe,
+        split,
+        upload,
+    )
     from search.store._open import (
         check_storage,
         close_readonly_storages,

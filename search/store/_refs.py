@@ -6,7 +6,6 @@ path and never needs the database.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,6 +14,7 @@ from optuna.trial import TrialState
 from model import CHECKPOINT_NAME
 from search.errors import UserError
 from search.keys import STUDY_PREFIX, Attr, StudyAttr
+from search.store._locations import exists, join
 from search.store._read import load_study_readonly
 from spaces import Space
 
@@ -33,7 +33,15 @@ SPLIT_FIELDS = ("name", "val_fraction", "split_seed")
 def check_same_split(
     field: str, reference: str, source: optuna.Study, dataset: dict[str, Any]
 ) -> None:
-    """Refuse ``reference`` when its study used another data set or train/validation split."""
+    """Refuse ``reference`` when its study used another data set or train/validation split,
+    or is a final evaluation (its trials were ranked on the test split)."""
+    if StudyAttr.EVALUATION in source.user_attrs or StudyAttr.EVALUATES in source.user_attrs:
+        searched = source.user_attrs.get(StudyAttr.EVALUATES, "the search it evaluates")
+        raise UserError(
+            f"{field}: {reference} is a final evaluation (resnet-hpo evaluate): its trials are "
+            "ranked on the test split (and with --refit train+val trained on the validation "
+            f"images), so nothing may be chosen from it; use study:{searched}"
+        )
     theirs = (source.user_attrs.get(StudyAttr.STUDY_FILE) or {}).get("dataset") or {}
     changed = [
         f"{key}: {theirs.get(key)!r} there, {dataset.get(key)!r} here"
@@ -50,7 +58,7 @@ def check_same_split(
 
 def best_checkpoint(
     storage_url: str, reference: str, dataset: dict[str, Any] | None = None
-) -> tuple[Path, int]:
+) -> tuple[str, int]:
     """(checkpoint file, trial number) of the best COMPLETE trial of the referenced study;
     with ``dataset`` (the using study's), the data set and split must be the same."""
     name = reference[len(STUDY_PREFIX) :]
@@ -62,8 +70,8 @@ def best_checkpoint(
         raise UserError(f"pretrained: {reference}: that study has no COMPLETE trial yet")
     best = study.best_trial
     folder = best.user_attrs.get(Attr.CHECKPOINT)
-    path = Path(folder) / CHECKPOINT_NAME if folder else None
-    if path is None or not path.is_file():
+    path = join(folder, CHECKPOINT_NAME) if folder else None
+    if path is None or not exists(path):
         raise UserError(
             f"pretrained: {reference}: the checkpoint of its best trial (#{best.number}) is "
             f"missing ({path}); was output_dir moved or cleaned?"
@@ -74,6 +82,7 @@ def best_checkpoint(
 def resolve_references(
     storage_url: str, references: set[str], dataset: dict[str, Any]
 ) -> dict[str, str]:
-    """``{"study:NAME": "/abs/path/last.pt"}`` for every reference, or a UserError (also when
-    a referenced study used another data set or split than ``dataset``)."""
-    return {ref: str(best_checkpoint(storage_url, ref, dataset)[0]) for ref in sorted(references)}
+    """``{"study:NAME": "/abs/path/last.pt"}`` (or the checkpoint's URL in a study's
+    ``checkpoint_storage``) for every reference, or a UserError (also when a referenced study
+    used another data set or split than ``dataset``)."""
+    return {ref: best_checkpoint(storage_url, ref, dataset)[0] for ref in sorted(references)}
