@@ -224,6 +224,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from search.report.bench import main as report_bench
 
         return report_bench(args.bench_args[1:])
+    if args.bench_args[:1] == ["overhead"]:
+        from search.engine.bench import main as overhead_bench
+
+        return overhead_bench(args.bench_args[1:])
     # model.bench owns its arguments so that it also runs alone (python -m model.bench) on a
     # GPU machine that has torch but not Ray or Optuna.
     from model.bench import main as bench_main
@@ -393,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="benchmarks: 'bench trainer' = training images/s, ours vs the seeds' pipeline; "
-        "'bench report --trials N' = the read side on a synthetic study of N trials",
+        "'bench report --trials N' = the read side on a synthetic study of N trials; "
+        "'bench overhead' = the driver's own cost per trial against Optuna and stock Tune",
         add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -38,3 +38,23 @@ def test_bench_refuses_cuda_without_a_gpu(capsys: pytest.CaptureFixture[str]) ->
         pytest.skip("this machine has a GPU")
     assert main(["bench", "trainer", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_bench_overhead_runs_every_system_through_its_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trials, epochs = 3, 2
+    argv = ["bench", "overhead", "--trials", str(trials), "--epochs", str(epochs)]
+    assert main([*argv, "--epoch-s", "0", "--concurrent", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    systems = [r["system"] for r in result["results"]]
+    assert systems[0].startswith("ours") and systems[-1].startswith("plain optuna")
+    assert sum("reuse_actors" in s for s in systems) == 2
+    for row in result["results"]:
+        assert row["trials"] == trials and row["seconds"] > 0
+        assert row["trials_per_s"] == pytest.approx(trials / row["seconds"])
+        # Each trial's row, its parameter and its value at least; ours and Optuna also store
+        # every epoch (stock OptunaSearch keeps the final value only).
+        per_trial = 3 + (0 if "reuse_actors" in row["system"] else epochs)
+        assert row["rows"] >= trials * per_trial

@@ -32,10 +32,13 @@ def _closed_port() -> int:
 
 
 def test_trials_that_fit_the_cluster() -> None:
-    assert fitting_trials({"CPU": 16.0}, ResourcesConfig(cpu=2)) == 8
-    assert fitting_trials({"CPU": 16.0, "GPU": 1.0}, ResourcesConfig(cpu=1, gpu=0.25)) == 4
-    assert fitting_trials({"CPU": 3.0, "GPU": 4.0}, ResourcesConfig(cpu=1, gpu=0.5)) == 3
-    assert fitting_trials({"CPU": 0.5}, ResourcesConfig(cpu=1)) == 1  # never 0
+    assert fitting_trials([{"CPU": 16.0}], ResourcesConfig(cpu=2)) == 8
+    assert fitting_trials([{"CPU": 16.0, "GPU": 1.0}], ResourcesConfig(cpu=1, gpu=0.25)) == 4
+    assert fitting_trials([{"CPU": 3.0, "GPU": 4.0}], ResourcesConfig(cpu=1, gpu=0.5)) == 3
+    assert fitting_trials([{"CPU": 0.5}], ResourcesConfig(cpu=1)) == 1  # never 0
+    # A trial cannot span nodes: three nodes of 3 CPUs hold three 2-CPU trials, not four.
+    assert fitting_trials([{"CPU": 3.0}] * 3, ResourcesConfig(cpu=2)) == 3
+    assert fitting_trials([{"CPU": 8.0, "GPU": 1.0}] * 4, ResourcesConfig(cpu=1, gpu=0.75)) == 4
 
 
 @pytest.mark.slow
@@ -75,6 +78,8 @@ def test_a_port_that_is_not_a_ray_head_is_refused_in_seconds(
         assert time.monotonic() - started < 20
     with pytest.raises(ConfigError, match="is not HOST:PORT"):
         probe_cluster("head-without-port", "ray.address", None)
+    with pytest.raises(ConfigError, match="Ray Client .ray://. is not supported"):
+        probe_cluster("ray://head:10001", "ray.address", None)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -295,3 +300,55 @@ def test_checkpoint_storage_must_be_a_url_it_can_write(tmp_path: Path, study_nam
     with pytest.raises(ConfigError, match="cannot write, read and delete"):
         check_checkpoint_storage(f"file://{tmp_path / 'file'}/below", None)
     check_checkpoint_storage(f"file://{tmp_path / 'ok'}", None)
+
+
+def test_storage_paths_keep_odd_study_names_in_one_folder_and_copies_whole(
+    tmp_path: Path,
+) -> None:
+    """A study named "a#1" or "b?c" must not lose its suffix to a URL's fragment or query
+    (two studies would share, and delete, one folder); a copy that fails midway leaves the
+    previous file as it was."""
+    from search.store import copy_files, exists, join
+
+    for name in ("a#1-0123abcd", "b?c-0123abcd", "my run-0123abcd", "x%20y"):
+        folder = join(f"file://{tmp_path}/store", name, "trial_00000")
+        assert copy_files(str(tmp_path), folder, ()) is False
+        (tmp_path / "last.pt").write_bytes(name.encode())
+        assert copy_files(str(tmp_path), folder, ("last.pt",))
+        assert exists(join(folder, "last.pt"))
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "a#1-0123abcd", "b?c-0123abcd", "my run-0123abcd", "x%20y",
+    ]  # fmt: skip
+
+    class Broken:
+        """A source that fails after the first bytes."""
+
+        def __init__(self) -> None:
+            self.sent = False
+
+        def read(self, size: int = -1) -> bytes:
+            if self.sent:
+                raise OSError("connection reset")
+            self.sent = True
+            return b"partial"
+
+        def __enter__(self) -> Broken:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    import search.store._locations as locations
+
+    target = f"file://{tmp_path}/kept"
+    (tmp_path / "last.pt").write_bytes(b"good checkpoint")
+    copy_files(str(tmp_path), target, ("last.pt",))
+    original = locations.open_input
+    locations.open_input = lambda location: Broken()  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError, match="connection reset"):
+            copy_files(str(tmp_path), target, ("last.pt",))
+    finally:
+        locations.open_input = original  # type: ignore[assignment]
+    assert (tmp_path / "kept" / "last.pt").read_bytes() == b"good checkpoint"
+    assert not (tmp_path / "kept" / "last.pt.partial").exists()

@@ -44,9 +44,20 @@ def cluster_address(config: StudyConfig) -> tuple[str | None, str]:
 
 def _reachable(address: str, field: str, source: str | None) -> None:
     """A HOST:PORT address answers TCP (fails in seconds, not after Ray's retries)."""
-    if address == AUTO or "://" in address:
+    if address == AUTO:
         return
+    if "://" in address:
+        # ray:// is Ray Client: Tune would then run this driver's searcher, lease and study
+        # writes in an actor on the head, out of the driver's reach.
+        raise ConfigError(
+            field,
+            f"{address!r}: give the head's HOST:PORT (its GCS address, e.g. 10.0.0.5:6379) "
+            "and run resnet-hpo on a machine that reaches it; Ray Client (ray://) is not "
+            "supported",
+            source,
+        )
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address is written [::1]:6379
     if not host or not port.isdigit():
         raise ConfigError(
             field, f"{address!r} is not HOST:PORT (the head's address, e.g. 10.0.0.5:6379)", source
@@ -67,14 +78,14 @@ def probe_cluster(address: str, field: str, source: str | None) -> dict[str, flo
     """The cluster's total resources, from a child process that joins it; a ConfigError if
     it cannot within :data:`PROBE_TIMEOUT_S` (not a Ray head, auth refused, versions...)."""
     _reachable(address, field, source)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     try:
+        # The same environment as the run's own ray.init (RAY_ADDRESS included: "auto"
+        # reads it), so the cluster probed is the cluster joined.
         probe = subprocess.run(
             [sys.executable, "-c", _PROBE, address],
             capture_output=True,
             text=True,
             timeout=PROBE_TIMEOUT_S,
-            env=env,
         )
     except subprocess.TimeoutExpired:
         raise ConfigError(
@@ -88,7 +99,12 @@ def probe_cluster(address: str, field: str, source: str | None) -> dict[str, flo
     lines = probe.stdout.strip().splitlines()
     if probe.returncode != 0 or not lines:
         detail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(field, f"cannot join the Ray cluster at {address}: {detail}", source)
+        raise ConfigError(
+            field,
+            f"cannot join the Ray cluster at {address}: {detail} (with token authentication "
+            "on, this machine needs RAY_AUTH_MODE=token and the cluster's RAY_AUTH_TOKEN)",
+            source,
+        )
     return {str(k): float(v) for k, v in json.loads(lines[-1]).items()}
 
 
@@ -113,11 +129,16 @@ def concurrent_trials(config: StudyConfig) -> int:
     trials its CPUs (and GPUs, where trials ask for them) hold at once."""
     if config.max_concurrent != "auto":
         return int(config.max_concurrent)
-    return fitting_trials(ray.cluster_resources(), config.resources)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return fitting_trials(nodes, config.resources)
 
 
-def fitting_trials(cluster: dict[str, float], resources: ResourcesConfig) -> int:
-    fits = math.floor(cluster.get("CPU", 0.0) / resources.cpu + 1e-9)
-    if resources.gpu > 0:
-        fits = min(fits, math.floor(cluster.get("GPU", 0.0) / resources.gpu + 1e-9))
-    return max(1, fits)
+def fitting_trials(nodes: list[dict[str, float]], resources: ResourcesConfig) -> int:
+    """How many trials fit at once: per node (a trial cannot span two), summed."""
+    total = 0
+    for node in nodes:
+        fits = math.floor(node.get("CPU", 0.0) / resources.cpu + 1e-9)
+        if resources.gpu > 0:
+            fits = min(fits, math.floor(node.get("GPU", 0.0) / resources.gpu + 1e-9))
+        total += fits
+    return max(1, total)

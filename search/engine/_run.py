@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,6 +64,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Tune's experiment folder is not our record (the study database is), so its failure to save
 # a snapshot (a full disk) must not print a traceback; the failing trials say what happened.
 logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+logger = logging.getLogger(__name__)
 # Ctrl-C and SIGTERM are the driver's own (engine._interrupts): trials are settled, exit != 0.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 # A failing trial's last result carries its failure instead of the metric (engine._trainable).
@@ -203,6 +204,7 @@ def run_study(
     fork: str | None = None,
     plan: QueuePlan | None = None,
     final_evaluation: Refit | None = None,
+    trainable: Callable[[dict[str, Any], DataSplits], None] | None = None,
 ) -> RunSummary:
     """Run ``config`` until the study holds ``n_trials`` finished trials (or ``more`` beyond
     what it holds); every trial and epoch lands in the SQL study.
@@ -214,7 +216,8 @@ def run_study(
     ``final_evaluation`` (``resnet-hpo evaluate`` only) trains on the training split
     (``train``) or on training + validation (``train+val``), evaluates the test split once
     at the end, and makes the test metric (``val_acc`` -> ``test_acc``) the trials' value;
-    without it the trials never receive the test split.
+    without it the trials never receive the test split. ``trainable`` replaces what each
+    trial runs (``bench overhead``'s no-op trials); it gets the same payload and data.
 
     Everything that can be checked before the first database write is (the data, output_dir,
     pretrained files, resources against the Ray cluster, the storage's schema). Raises
@@ -253,6 +256,7 @@ def run_study(
                     faults,
                     started,
                     final_evaluation,
+                    trainable or train_trial,
                 )
                 return run.execute(storage, watch, more=more, fork=fork, plan=plan)
             except Exception as error:
@@ -278,6 +282,7 @@ class _Run:
     faults: dict[int, Fault] | None
     started: float
     final_evaluation: Refit | None = None
+    trainable: Callable[[dict[str, Any], DataSplits], None] = train_trial
 
     def execute(
         self,
@@ -425,7 +430,7 @@ class _Run:
         if to_run:
             trainable = tune.with_resources(
                 tune.with_parameters(
-                    train_trial, data=trial_data(self.data, self.final_evaluation)
+                    self.trainable, data=trial_data(self.data, self.final_evaluation)
                 ),
                 {"cpu": config.resources.cpu, "gpu": config.resources.gpu},
             )
@@ -549,7 +554,11 @@ def _summarise(
     if counts["COMPLETE"]:
         best = study.best_trial
     progress = searcher.progress()
-    files, size = folder_size(checkpoint_root)
+    try:
+        files, size = folder_size(checkpoint_root)
+    except OSError as error:  # the run is over; its summary must not fail on storage
+        logger.warning("could not size %s: %s", checkpoint_root, error)
+        files, size = 0, 0
     return RunSummary(
         study_name=config.name,
         storage=config.storage,

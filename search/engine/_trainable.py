@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,14 +21,31 @@ import torch
 from ray import tune
 
 from model import CHECKPOINT_NAME, DataSplits, fit
+from model.checkpoint import PREVIOUS_NAME
 from search.engine._failures import error_text, failure_reason
 from search.engine._faults import with_fault
 from search.engine._payload import TrialPayload
 from search.engine._recovery import CHECKPOINT_FILES
-from search.store import copy_files, download, is_url, split, upload
+from search.store import copy_files, download, is_url, rotate, split, upload
 
 NODE_ID = "node_id"  # the result key of the Ray node a trial's process runs on
 Report = Callable[[dict[str, Any]], None]
+
+
+# Storage calls are retried (a network blip must not fail a trial that trained fine).
+STORAGE_ATTEMPTS = 4
+STORAGE_BACKOFF_S = 1.0
+
+
+def _retried(action: Callable[[], Any]) -> Any:
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return action()
+        except OSError:
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(STORAGE_BACKOFF_S * 2**attempt)
+    return None
 
 
 @contextmanager
@@ -45,17 +63,23 @@ def _local_folders(payload: TrialPayload) -> Iterator[tuple[str, Path | None, Pa
         weights = None
         if remote_weights:
             folder, name = split(str(pretrained))
-            if not copy_files(folder, str(scratch / "pretrained"), (name,)):
+            if not _retried(lambda: copy_files(folder, str(scratch / "pretrained"), (name,))):
                 raise FileNotFoundError(f"pretrained: nothing at {pretrained}")
             weights = scratch / "pretrained" / name
         if not is_url(payload.checkpoint_dir):
             yield payload.checkpoint_dir, weights, None
             return
         local = scratch / "checkpoint"
-        download(payload.checkpoint_dir, local, CHECKPOINT_FILES)
+        _retried(lambda: download(payload.checkpoint_dir, local, CHECKPOINT_FILES))
         yield str(local), weights, local
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _persist(local: Path, folder: str) -> None:
+    """This epoch's checkpoint to the URL, the one before kept as its fallback."""
+    rotate(folder, CHECKPOINT_NAME, PREVIOUS_NAME)
+    upload(local, folder, (CHECKPOINT_NAME,))
 
 
 def train_trial(config: dict[str, Any], data: DataSplits) -> None:
@@ -66,16 +90,17 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
     # Which node ran it (Tune adds the host name and IP to every result; the node id is
     # what the cluster's own tools show).
     node_id = ray.get_runtime_context().get_node_id()
-    with _local_folders(payload) as (checkpoint_dir, pretrained_file, to_upload):
+    try:
+        with _local_folders(payload) as (checkpoint_dir, pretrained_file, to_upload):
 
-        def report(metrics: dict[str, Any]) -> None:
-            if to_upload is not None and not metrics.get("restored"):
-                # Persisted before the epoch is reported: a rerun anywhere continues after it.
-                upload(to_upload, payload.checkpoint_dir, (CHECKPOINT_NAME,))
-            tune.report({**metrics, NODE_ID: node_id})
+            def report(metrics: dict[str, Any]) -> None:
+                if to_upload is not None and not metrics.get("restored"):
+                    # Persisted before the epoch is reported: a rerun anywhere continues
+                    # after it.
+                    _retried(lambda: _persist(to_upload, payload.checkpoint_dir))
+                tune.report({**metrics, NODE_ID: node_id})
 
-        send: Report = with_fault(payload.fault, report) if payload.fault else report
-        try:
+            send: Report = with_fault(payload.fault, report) if payload.fault else report
             fit(
                 payload.settings,
                 data,
@@ -84,10 +109,10 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
                 final_test=payload.final_test,
                 pretrained_file=pretrained_file,
             )
-        except Exception as error:  # noqa: BLE001 - every failure is reported, by type, below
-            # Classified here, where every exception class is importable, and sent as the
-            # trial's last result: the driver never has to unpickle it. (Tune stops a trial
-            # with SystemExit, which is not an Exception and passes through.)
-            tune.report(
-                {"failure": failure_reason(error), "error": error_text(error), NODE_ID: node_id}
-            )
+    except Exception as error:  # noqa: BLE001 - every failure is reported, by type, below
+        # Classified here, where every exception class is importable, and sent as the
+        # trial's last result: the driver never has to unpickle it. (Tune stops a trial with
+        # SystemExit, which is not an Exception and passes through.)
+        tune.report(
+            {"failure": failure_reason(error), "error": error_text(error), NODE_ID: node_id}
+        )

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from model.settings import TrialSettings
 from search.ablation._design import SEED_PARAM, SEED_RANGE, Arm, arm_of
 from search.ablation._queue import enqueue_cell, queued_params
-from search.config import STUDY_OWNED_FIELDS, StudyConfig
+from search.config import STUDY_OWNED_FIELDS, RayConfig, StudyConfig
 from search.errors import IncompatibleStudyError
 from search.keys import RETRYABLE_REASONS, Attr, StudyAttr
 
@@ -134,7 +134,9 @@ def engine_config(
         max_failures=search.max_failures,
         max_failed_trials=search.max_failed_trials,
         resources=search.resources,
-        ray=search.ray,
+        # Not the search's ray.address: where it ran then says nothing about where a cluster
+        # is now (--ray-address or RAY_ADDRESS say).
+        ray=RayConfig(),
         checkpoints=search.checkpoints,
         checkpoint_storage=search.checkpoint_storage,
         storage=storage,

@@ -48,10 +48,11 @@ class EvaluationResult:
 
 
 def _search_config(search: optuna.Study, storage: str) -> StudyConfig:
-    if StudyAttr.EVALUATES in search.user_attrs:
+    if StudyAttr.EVALUATES in search.user_attrs or StudyAttr.EVALUATION in search.user_attrs:
+        searched = search.user_attrs.get(StudyAttr.EVALUATES, "its search")
         raise UserError(
             f"--study {search.study_name}: this is an evaluation study; evaluate the search it "
-            f"evaluates ({search.user_attrs[StudyAttr.EVALUATES]})"
+            f"evaluates ({searched})"
         )
     if StudyAttr.ABLATION in search.user_attrs:
         raise UserError(

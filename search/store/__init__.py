@@ -53,6 +53,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "is_url",
             "join",
             "probe",
+            "rotate",
             "split",
             "upload",
         ),
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
         is_url,
         join,
         probe,
+        rotate,
         split,
         upload,
     )

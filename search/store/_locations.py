@@ -13,11 +13,13 @@ checkpoint records (retention, retries, forks, ``pretrained: study:NAME``), whic
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import posixpath
 import shutil
+import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,11 +31,12 @@ def is_url(location: str) -> bool:
 
 
 def join(location: str, *names: str) -> str:
-    """``location/names...``, keeping a URL's query (its filesystem options) at the end."""
+    """``location/names...``, keeping a URL's query (its filesystem options) at the end; in a
+    URL each name is percent-encoded, so a study named ``a#1`` or ``b?c`` stays one folder."""
     if not is_url(location):
         return str(Path(location, *names))
     parts = urlsplit(location)
-    path = posixpath.join(parts.path.rstrip("/") or "/", *names)
+    path = posixpath.join(parts.path.rstrip("/") or "/", *(quote(n, safe="") for n in names))
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
@@ -91,16 +94,21 @@ def copy_files(source: str, target: str, names: tuple[str, ...]) -> bool:
         if not exists(join(source, name)):
             continue
         filesystem, path = resolve(join(target, name))
-        local = isinstance(filesystem, pafs.LocalFileSystem)
-        written = path + ".partial" if local else path
+        written = path + ".partial"
         filesystem.create_dir(posixpath.dirname(path), recursive=True)
-        with (
-            open_input(join(source, name)) as reader,
-            filesystem.open_output_stream(written) as out,
-        ):
-            shutil.copyfileobj(reader, out, 1 << 20)
-        if local:
-            filesystem.move(written, path)
+        try:
+            with (
+                open_input(join(source, name)) as reader,
+                filesystem.open_output_stream(written) as out,
+            ):
+                shutil.copyfileobj(reader, out, 1 << 20)
+        except BaseException:
+            # Closing the stream stored what was written so far (object stores commit on
+            # close, even on an error): remove it, the previous copy stays as it was.
+            with contextlib.suppress(OSError):
+                filesystem.delete_file(written)
+            raise
+        filesystem.move(written, path)
         copied = True
     return copied
 
@@ -142,11 +150,22 @@ def folder_size(folder: str) -> tuple[int, int]:
 def probe(location: str) -> None:
     """Write, read back and delete a small file under ``location``; raises OSError or
     ValueError saying why it cannot be used."""
-    marker = join(location, ".resnet-hpo-probe")
-    with open_output(marker) as out:
-        out.write(b"ok")
-    with open_input(marker) as reader:
-        if reader.read() != b"ok":
-            raise OSError(f"{location}: a file written there reads back differently")
+    marker = join(location, f".resnet-hpo-probe-{uuid.uuid4().hex}")  # drivers may start together
     filesystem, path = resolve(marker)
-    filesystem.delete_file(path)
+    try:
+        with open_output(marker) as out:
+            out.write(b"ok")
+        with open_input(marker) as reader:
+            if reader.read() != b"ok":
+                raise OSError(f"{location}: a file written there reads back differently")
+    finally:
+        with contextlib.suppress(OSError):
+            filesystem.delete_file(path)
+
+
+def rotate(folder: str, latest: str, previous: str) -> None:
+    """Copy ``latest`` over ``previous`` inside ``folder`` (server-side on object stores),
+    so the generation before an upload stays as a fallback."""
+    filesystem, path = resolve(join(folder, latest))
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        filesystem.copy_file(path, resolve(join(folder, previous))[1])

@@ -1,0 +1,240 @@
+"""``resnet-hpo bench overhead``: what the driver itself costs per trial.
+
+No-op trials (a few sleeping epochs, no training) run, one system after the other in one
+process and on one Ray, through:
+
+* ours: the real searcher, Ray Tune and the SQL study (``run_study`` with a no-op trainable);
+* stock Ray Tune with ``OptunaSearch`` on the same kind of SQL study, with Tune's default
+  ``reuse_actors=False`` and with ``reuse_actors=True``;
+* plain ``optuna`` (``study.optimize(n_jobs=K)``, threads, no Ray).
+
+Each prints trials/s (wall time of the run call; Ray is started once before and not timed)
+and database rows written per second (every row of the trial tables, counted afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import sqlalchemy as sa
+from ray import tune
+
+from search.config import StudyConfig
+from search.engine._payload import TrialPayload
+from search.engine._run import run_study
+
+# The tables a study's trials fill (Optuna's schema).
+TRIAL_TABLES = (
+    "trials",
+    "trial_params",
+    "trial_values",
+    "trial_intermediate_values",
+    "trial_user_attributes",
+    "trial_system_attributes",
+)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    system: str
+    trials: int
+    seconds: float
+    rows: int
+
+    @property
+    def trials_per_s(self) -> float:
+        return self.trials / self.seconds
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def _value(seed: float, epoch: int) -> float:
+    """A made-up learning curve, rising with the epoch."""
+    return min(1.0, seed * (1 - 0.5**epoch))
+
+
+def noop_trial(config: dict[str, Any], data: Any, epoch_s: float) -> None:
+    """Our trainable's contract with none of its work: sleep, report, per epoch."""
+    payload = TrialPayload.from_config(config)
+    seed = float(payload.settings["lr"])
+    for epoch in range(1, int(payload.settings["epochs"]) + 1):
+        time.sleep(epoch_s)
+        tune.report(
+            {
+                "epoch": epoch,
+                "val_acc": _value(seed, epoch),
+                "epoch_seconds": epoch_s,
+                "device": "cpu",
+            }  # fmt: skip
+        )
+
+
+def stock_trial(config: dict[str, Any], epochs: int, epoch_s: float) -> None:
+    for epoch in range(1, epochs + 1):
+        time.sleep(epoch_s)
+        tune.report({"epoch": epoch, "val_acc": _value(config["lr"], epoch)})
+
+
+def _rows(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return sum(
+                connection.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+                for table in TRIAL_TABLES
+            )
+    finally:
+        engine.dispose()
+
+
+def _timed(system: str, trials: int, url: str, run: Callable[[], None]) -> Throughput:
+    started = time.perf_counter()
+    run()
+    return Throughput(system, trials, time.perf_counter() - started, _rows(url))
+
+
+def ours(folder: Path, trials: int, concurrent: int, epochs: int, epoch_s: float) -> Throughput:
+    url = f"sqlite:///{folder / 'ours.db'}"
+    config = StudyConfig(
+        name="overhead",
+        space={"lr": {"type": "float", "low": 0.5, "high": 1.0}},
+        fixed={"device": "cpu"},
+        sampler={"name": "random", "seed": 0},
+        asha={"max_epochs": epochs, "enabled": False},
+        n_trials=trials,
+        max_concurrent=concurrent,
+        storage=url,
+        output_dir=str(folder / "runs"),
+    )
+    trainable = functools.partial(noop_trial, epoch_s=epoch_s)
+    quiet = open(folder / "ours.log", "w")  # noqa: SIM115 - closed below
+    try:
+        return _timed("ours (searcher + Ray Tune + SQL study)", trials, url,
+                      lambda: run_study(config, stream=quiet, trainable=trainable))  # fmt: skip
+    finally:
+        quiet.close()
+
+
+def stock_tune(
+    folder: Path, trials: int, concurrent: int, epochs: int, epoch_s: float, reuse: bool
+) -> Throughput:
+    from ray.tune.search.optuna import OptunaSearch
+
+    name = "stock-reuse" if reuse else "stock"
+    url = f"sqlite:///{folder / f'{name}.db'}"
+    searcher = OptunaSearch(
+        space={"lr": optuna.distributions.FloatDistribution(0.5, 1.0)},
+        metric="val_acc",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name=name,
+        storage=optuna.storages.RDBStorage(url),
+    )
+    tuner = tune.Tuner(
+        tune.with_parameters(stock_trial, epochs=epochs, epoch_s=epoch_s),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrent,
+            reuse_actors=reuse,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(folder / "ray"), verbose=0),
+    )  # fmt: skip
+    label = f"stock Ray Tune + OptunaSearch (reuse_actors={reuse})"
+    return _timed(label, trials, url, lambda: tuner.fit())
+
+
+def plain_optuna(
+    folder: Path, trials: int, concurrent: int, epochs: int, epoch_s: float
+) -> Throughput:
+    url = f"sqlite:///{folder / 'optuna.db'}"
+    study = optuna.create_study(
+        study_name="optuna", storage=url, direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )  # fmt: skip
+
+    def objective(trial: optuna.Trial) -> float:
+        seed = trial.suggest_float("lr", 0.5, 1.0)
+        for epoch in range(1, epochs + 1):
+            time.sleep(epoch_s)
+            trial.report(_value(seed, epoch), epoch)
+        return _value(seed, epochs)
+
+    label = f"plain optuna (optimize, n_jobs={concurrent})"
+    return _timed(
+        label, trials, url, lambda: study.optimize(objective, n_trials=trials, n_jobs=concurrent)
+    )
+
+
+def measure(trials: int, concurrent: int, epochs: int, epoch_s: float) -> list[Throughput]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=concurrent, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")  # fmt: skip
+    try:
+        with tempfile.TemporaryDirectory(prefix="resnet-hpo-overhead-") as folder:
+            root = Path(folder)
+            args = (trials, concurrent, epochs, epoch_s)
+            results = [ours(root, *args)]
+            print(_line(results[-1]), file=sys.stderr, flush=True)
+            for reuse in (False, True):
+                results.append(stock_tune(root, *args, reuse=reuse))
+                print(_line(results[-1]), file=sys.stderr, flush=True)
+            results.append(plain_optuna(root, *args))
+            print(_line(results[-1]), file=sys.stderr, flush=True)
+            return results
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _line(result: Throughput) -> str:
+    return (
+        f"{result.system:<48} {result.trials_per_s:6.2f} trials/s  "
+        f"{result.rows_per_s:7.1f} rows/s  ({result.trials} trials in {result.seconds:.1f} s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="resnet-hpo bench overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epoch-s", type=float, default=0.05)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.concurrent < 1 or args.epochs < 1 or args.epoch_s < 0:
+        parser.error("--trials, --concurrent and --epochs must be >= 1, --epoch-s >= 0")
+    results = measure(args.trials, args.concurrent, args.epochs, args.epoch_s)
+    ideal = args.concurrent / (args.epochs * args.epoch_s) if args.epoch_s else float("inf")
+    if args.json:
+        print(json.dumps({"ideal_trials_per_s": ideal,
+                          "results": [{**asdict(r), "trials_per_s": r.trials_per_s,
+                                       "rows_per_s": r.rows_per_s} for r in results]}))  # fmt: skip
+        return 0
+    ours_rate = results[0].trials_per_s
+    print(f"ideal (no overhead): {ideal:.2f} trials/s")
+    for result in results:
+        ratio = "" if result is results[0] else f"  ours = {ours_rate / result.trials_per_s:.2f}x"
+        print(_line(result) + ratio)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
