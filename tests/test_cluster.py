@@ -80,6 +80,10 @@ def test_a_port_that_is_not_a_ray_head_is_refused_in_seconds(
         probe_cluster("head-without-port", "ray.address", None)
     with pytest.raises(ConfigError, match="Ray Client .ray://. is not supported"):
         probe_cluster("ray://head:10001", "ray.address", None)
+    # "auto" joins RAY_ADDRESS where it is set: the same check applies to it.
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(ConfigError, match="auto: RAY_ADDRESS.*not supported"):
+        probe_cluster("auto", "ray.address", None)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -308,7 +312,7 @@ def test_storage_paths_keep_odd_study_names_in_one_folder_and_copies_whole(
     """A study named "a#1" or "b?c" must not lose its suffix to a URL's fragment or query
     (two studies would share, and delete, one folder); a copy that fails midway leaves the
     previous file as it was."""
-    from search.store import copy_files, exists, join
+    from search.store import copy_files, exists, join, split
 
     for name in ("a#1-0123abcd", "b?c-0123abcd", "my run-0123abcd", "x%20y"):
         folder = join(f"file://{tmp_path}/store", name, "trial_00000")
@@ -316,6 +320,8 @@ def test_storage_paths_keep_odd_study_names_in_one_folder_and_copies_whole(
         (tmp_path / "last.pt").write_bytes(name.encode())
         assert copy_files(str(tmp_path), folder, ("last.pt",))
         assert exists(join(folder, "last.pt"))
+        written = join(folder, name + ".pt")
+        assert split(written) == (folder, name + ".pt")  # the name comes back as written
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
         "a#1-0123abcd", "b?c-0123abcd", "my run-0123abcd", "x%20y",
     ]  # fmt: skip

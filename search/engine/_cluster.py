@@ -45,7 +45,11 @@ def cluster_address(config: StudyConfig) -> tuple[str | None, str]:
 def _reachable(address: str, field: str, source: str | None) -> None:
     """A HOST:PORT address answers TCP (fails in seconds, not after Ray's retries)."""
     if address == AUTO:
-        return
+        # ray.init(address="auto") joins RAY_ADDRESS where it is set: check that instead.
+        address = os.environ.get("RAY_ADDRESS", AUTO)
+        field = f"{field} (auto: RAY_ADDRESS)"
+        if address == AUTO:
+            return
     if "://" in address:
         # ray:// is Ray Client: Tune would then run this driver's searcher, lease and study
         # writes in an actor on the head, out of the driver's reach.

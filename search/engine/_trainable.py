@@ -77,9 +77,10 @@ def _local_folders(payload: TrialPayload) -> Iterator[tuple[str, Path | None, Pa
 
 
 def _persist(local: Path, folder: str) -> None:
-    """This epoch's checkpoint to the URL, the one before kept as its fallback."""
-    rotate(folder, CHECKPOINT_NAME, PREVIOUS_NAME)
-    upload(local, folder, (CHECKPOINT_NAME,))
+    """This epoch's checkpoint to the URL, the one before kept as its fallback (each step
+    retried on its own: a retried rotation after the upload would lose that fallback)."""
+    _retried(lambda: rotate(folder, CHECKPOINT_NAME, PREVIOUS_NAME))
+    _retried(lambda: upload(local, folder, (CHECKPOINT_NAME,)))
 
 
 def train_trial(config: dict[str, Any], data: DataSplits) -> None:
@@ -97,7 +98,7 @@ def train_trial(config: dict[str, Any], data: DataSplits) -> None:
                 if to_upload is not None and not metrics.get("restored"):
                     # Persisted before the epoch is reported: a rerun anywhere continues
                     # after it.
-                    _retried(lambda: _persist(to_upload, payload.checkpoint_dir))
+                    _persist(to_upload, payload.checkpoint_dir)
                 tune.report({**metrics, NODE_ID: node_id})
 
             send: Report = with_fault(payload.fault, report) if payload.fault else report

@@ -131,7 +131,8 @@ def run_evaluation(
     stream: TextIO | None = None,
     faults: dict[int, Fault] | None = None,
 ) -> EvaluationResult:
-    """``ray_address`` overrides the cluster the search's file names (``ray.address``)."""
+    """``ray_address``: the cluster to run on (default: ``RAY_ADDRESS``, else a local Ray;
+    never the one the search's file named, which may be long gone)."""
     stream = stream or sys.stdout
     name = name or search_name + EVALUATION_SUFFIX
     if name == search_name:

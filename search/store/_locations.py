@@ -19,7 +19,7 @@ import posixpath
 import shutil
 import uuid
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -47,7 +47,8 @@ def split(location: str) -> tuple[str, str]:
         return str(path.parent), path.name
     parts = urlsplit(location)
     folder, name = posixpath.split(parts.path)
-    return urlunsplit((parts.scheme, parts.netloc, folder, parts.query, "")), name
+    # The name as written, not encoded: join() encodes it again.
+    return urlunsplit((parts.scheme, parts.netloc, folder, parts.query, "")), unquote(name)
 
 
 @functools.lru_cache(maxsize=16)
@@ -94,7 +95,8 @@ def copy_files(source: str, target: str, names: tuple[str, ...]) -> bool:
         if not exists(join(source, name)):
             continue
         filesystem, path = resolve(join(target, name))
-        written = path + ".partial"
+        # Its own temporary name: two attempts of one trial may briefly overlap.
+        written = f"{path}.{uuid.uuid4().hex[:8]}.partial"
         filesystem.create_dir(posixpath.dirname(path), recursive=True)
         try:
             with (
