@@ -264,29 +264,28 @@ _replicates = _bounded(
 )
 
 
-def _study_name(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the new study needs a name")
-    return text
+def _not_blank(message: str) -> Callable[[str], str]:
+    """An argparse type refusing an empty or blank value with ``message``."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(message)
+        return text
+
+    return check
+
+
+_study_name = _not_blank("the new study needs a name")
 
 
 def _ray_address_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--ray-address",
-        type=_study_name_like("a cluster address"),
+        type=_not_blank("give a cluster address"),
         metavar="HOST:PORT",
         help="the Ray cluster to run on (its head's address, or 'auto'); overrides the study "
         "file's ray.address and RAY_ADDRESS (default: a new Ray on this machine)",
     )
-
-
-def _study_name_like(noun: str) -> Callable[[str], str]:
-    def check(text: str) -> str:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"give {noun}")
-        return text.strip()
-
-    return check
 
 
 def build_parser() -> argparse.ArgumentParser:

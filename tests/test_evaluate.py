@@ -229,6 +229,8 @@ def test_evaluate_retrains_the_best_with_seeds_and_tests_once(
             low, high = stats.t.interval(0.95, 1, loc=sum(values) / 2, scale=stats.sem(values))
             assert (row.ci_low, row.ci_high) == pytest.approx((low, high))
             assert row.std == pytest.approx(stats.tstd(values))
+        else:  # two seeds that agree: no spread, so no interval (never a zero-width one)
+            assert row.std == 0.0 and math.isnan(row.ci_low) and math.isnan(row.ci_high)
     stored = evaluation.user_attrs[TABLE_ATTR]
     assert [r["search_trial"] for r in stored] == [c.number for c in best_two]
     for trial in search.get_trials(deepcopy=False):

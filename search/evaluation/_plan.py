@@ -43,17 +43,20 @@ class Candidate:
         return f"trial {self.number}"
 
 
+def _trained_with(trial: FrozenTrial) -> dict[str, Any]:
+    """Every setting a search trial trained with, trial defaults filled in."""
+    defaults = {name: field.default for name, field in TrialSettings.model_fields.items()}
+    return {**defaults, **(trial.user_attrs.get(Attr.CONFIG) or trial.params)}
+
+
 def trained_seed(trial: FrozenTrial) -> int:
     """The seed a search trial trained with."""
-    stored = trial.user_attrs.get(Attr.CONFIG) or trial.params
-    return int(stored.get(SEED_PARAM, TrialSettings.model_fields[SEED_PARAM].default))
+    return int(_trained_with(trial)[SEED_PARAM])
 
 
 def trial_settings(trial: FrozenTrial) -> dict[str, Any]:
-    """Every setting a search trial trained with (defaults filled in), seed and epochs out."""
-    defaults = {name: field.default for name, field in TrialSettings.model_fields.items()}
-    stored = trial.user_attrs.get(Attr.CONFIG) or trial.params
-    settings = {**defaults, **stored}
+    """What a search trial trained with, but the seed and the epochs (evaluation sets those)."""
+    settings = _trained_with(trial)
     for name in _NOT_COMPARED:
         settings.pop(name, None)
     return settings

@@ -95,21 +95,24 @@ def rows_as_records(rows: list[EvaluationRow]) -> list[dict[str, Any]]:
     ]
 
 
-def _number(value: float, digits: int = 4) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def evaluation_header(metric: str, test: str) -> list[str]:
+    """The table's columns, for the printed table and the report's."""
+    return ["configuration", f"{metric} in the search", "seeds", f"{test} mean", "std",
+            "95% CI", "gap (search looked better by)", "device s", "note"]  # fmt: skip
+
+
+def evaluation_cells(row: EvaluationRow) -> list[str]:
+    interval = "-" if math.isnan(row.ci_low) else f"[{_number(row.ci_low)}, {_number(row.ci_high)}]"
+    return [row.arm, _number(row.search_value), str(row.n), _number(row.mean), _number(row.std),
+            interval, _number(row.gap), f"{row.seconds:.0f}", row.note or ""]  # fmt: skip
 
 
 def evaluation_to_markdown(rows: list[EvaluationRow], metric: str, test: str) -> str:
-    header = (
-        f"| configuration | {metric} in the search | seeds | {test} mean | std | 95% CI | "
-        f"gap (search looked better by) | device s | note |"
-    )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        interval = "-" if math.isnan(r.ci_low) else f"[{_number(r.ci_low)}, {_number(r.ci_high)}]"
-        lines.append(
-            f"| {r.arm} | {_number(r.search_value)} | {r.n} | {_number(r.mean)} | "
-            f"{_number(r.std)} | {interval} | {_number(r.gap)} | {r.seconds:.0f} | "
-            f"{r.note or ''} |"
-        )
+    header = evaluation_header(metric, test)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(evaluation_cells(row)) + " |" for row in rows]
     return "\n".join(lines)

@@ -10,25 +10,14 @@ import optuna
 import plotly.graph_objects as go
 
 from search.evaluation import EvaluationRow, evaluation_rows
+from search.evaluation._table import evaluation_cells, evaluation_header
 from search.keys import StudyAttr
 from search.report._ablation import html_table
 
-_HEADER = ("configuration", "in the search", "seeds", "test mean", "std", "95% CI", "gap")
-
-
-def _number(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.4f}"
-
 
 def evaluation_table_html(rows: list[EvaluationRow], metric: str, test: str) -> str:
-    header = list(_HEADER)
-    header[1], header[3] = f"{metric} in the search", f"{test} mean"
-    cells = []
-    for r in rows:
-        interval = "-" if math.isnan(r.ci_low) else f"[{_number(r.ci_low)}, {_number(r.ci_high)}]"
-        cells.append([r.arm, _number(r.search_value), str(r.n), _number(r.mean), _number(r.std),
-                      interval, _number(r.gap), r.note or ""])  # fmt: skip
-    return html_table([*header, "note"], cells)
+    """The same columns as the table ``resnet-hpo evaluate`` prints."""
+    return html_table(evaluation_header(metric, test), (evaluation_cells(r) for r in rows))
 
 
 def evaluation_figure(rows: list[EvaluationRow], metric: str, test: str) -> go.Figure:

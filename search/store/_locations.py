@@ -62,9 +62,14 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     if not is_url(location):
         return pafs.LocalFileSystem(), str(Path(location).resolve())
     parts = urlsplit(location)
-    filesystem = _filesystem(parts.scheme, parts.netloc, parts.query)
-    path = pafs.FileSystem.from_uri(location)[1]
-    return filesystem, path
+    return _filesystem(parts.scheme, parts.netloc, parts.query), _path_in(location)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_in(location: str) -> str:
+    """The path pyarrow gives a URL (built with a filesystem object, so each location is
+    parsed once: an S3 filesystem looks up credentials and its region when built)."""
+    return pafs.FileSystem.from_uri(location)[1]
 
 
 def exists(location: str) -> bool:
