@@ -358,3 +358,72 @@ def test_storage_paths_keep_odd_study_names_in_one_folder_and_copies_whole(
         locations.open_input = original  # type: ignore[assignment]
     assert (tmp_path / "kept" / "last.pt").read_bytes() == b"good checkpoint"
     assert not (tmp_path / "kept" / "last.pt.partial").exists()
+
+
+def _alive_trial_actors() -> list[str]:
+    """Actors alive on the session's cluster that another job (a driver process) owns: the
+    cluster's own actor table, as the head's GCS keeps it."""
+    from ray._private import state
+
+    ours = ray.get_runtime_context().get_job_id()
+    return [
+        actor_id
+        for actor_id, actor in state.actors().items()
+        if actor["State"] == "ALIVE" and actor["JobID"] != ours
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_killed_driver_leaves_no_actor_and_a_driver_on_another_host_takes_over_at_once(
+    tmp_path: Path, study_name: str
+) -> None:
+    """The drivers join the session's Ray as an external cluster and share a PostgreSQL
+    study whose lease timeout is 10 minutes. SIGKILL the driver while its trials train: the
+    cluster's actor list holds none of its actors soon after, and every CPU is free again. A
+    driver started as if on another host (the lease row says so: its pid means nothing
+    there) takes the lease over at once, because the dead driver's database session ended,
+    and finishes the study with nothing RUNNING."""
+    import sqlalchemy as sa
+
+    from search.store._schema import leases
+    from tests.conftest import postgres_url
+
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server")
+    study = write_study(
+        tmp_path / "study.yaml",
+        slow_study(study_name, url, tmp_path, n_trials=3, max_concurrent=2, lease_timeout_s=600),
+    )
+    try:
+        first = start_command(["run", str(study)], tmp_path / "first.log", tmp_path)
+        wait_until(
+            lambda: sum(bool(t.intermediate_values) for t in trials(url, study_name)) >= 2, first
+        )
+        assert len(_alive_trial_actors()) == 2  # the check below can see trial actors
+        with db.storage(url).engine.begin() as connection:
+            connection.execute(
+                sa.update(leases)
+                .where(leases.c.study_name == study_name)
+                .values(host="another-host", namespace="another-boot/1")
+            )
+        kill_driver(first)
+        deadline = time.monotonic() + 60
+        while _alive_trial_actors() or ray.available_resources().get("CPU", 0) < 2:
+            assert time.monotonic() < deadline, f"still alive: {_alive_trial_actors()}"
+            time.sleep(0.5)
+
+        started = time.monotonic()
+        second = start_command(["run", str(study)], tmp_path / "second.log", tmp_path)
+        assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        log = (tmp_path / "second.log").read_text()
+        assert "pid" in log and "another-host: its database session ended" in log
+        assert time.monotonic() - started < 200  # well inside the 600 s lease timeout
+        final = trials(url, study_name)
+        assert sum(t.state == TrialState.COMPLETE for t in final) == 3
+        assert TrialState.RUNNING not in [t.state for t in final]
+        assert any(t.user_attrs.get(Attr.RESUMED_FROM_EPOCH, 0) >= 1 for t in final)
+    finally:
+        if study_name in db.study_names(url):
+            db.delete_study(url, study_name)

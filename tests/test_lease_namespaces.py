@@ -84,4 +84,5 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(db) as connection:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(resnet_hpo_leases)")]
         version = connection.execute("SELECT value FROM resnet_hpo_meta").fetchone()[0]
-    assert {"namespace", "timeout_s"} <= set(columns) and version == str(SCHEMA_VERSION)
+    assert {"namespace", "timeout_s", "session_lock"} <= set(columns)
+    assert version == str(SCHEMA_VERSION)

@@ -402,6 +402,74 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
         connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
 
 
+HOLD_LEASE = """
+import sys, time
+from search.store._lease import DriverLease
+from search.store._open import open_storage
+DriverLease(open_storage(sys.argv[1]).engine, sys.argv[2], timeout_s=600).acquire()
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_holder_whose_database_session_ended_is_taken_over_at_once(study_name: str) -> None:
+    """PostgreSQL: a holder on another host (its pid means nothing here) with a fresh
+    heartbeat and a 10-minute timeout keeps its lease while its process lives; once it is
+    killed, its session's advisory lock is gone and the next driver takes over at once."""
+    import signal
+
+    import sqlalchemy as sa
+
+    from search.store import DriverLease, LeaseHeldError
+    from search.store._schema import leases
+    from tests.conftest import postgres_url
+
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server")
+    engine = db.storage(url).engine
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, url, study_name],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with engine.begin() as connection:  # as if it ran on another machine
+            connection.execute(
+                sa.update(leases)
+                .where(leases.c.study_name == study_name)
+                .values(host="elsewhere", namespace="other-boot/1")
+            )
+        with pytest.raises(LeaseHeldError, match="being run by another driver"):
+            DriverLease(engine, study_name, timeout_s=600).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        deadline = time.monotonic() + 10  # the server notices the closed socket at once
+        while True:
+            try:
+                lease = DriverLease(engine, study_name, timeout_s=600).acquire()
+                break
+            except LeaseHeldError:
+                assert time.monotonic() < deadline, "the dead holder's lock was never freed"
+                time.sleep(0.1)
+        assert lease.took_over is not None and lease.took_over.host == "elsewhere"
+        assert lease.took_over_because == "its database session ended"
+        # Ours holds its own lock: a third driver is refused while we live.
+        with pytest.raises(LeaseHeldError):
+            DriverLease(engine, study_name, timeout_s=600).acquire()
+        lease.release()
+        with engine.connect() as connection:
+            assert connection.execute(
+                sa.select(sa.func.count()).select_from(leases)
+                .where(leases.c.study_name == study_name)
+            ).scalar_one() == 0  # fmt: skip
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=30)
+        with engine.begin() as connection:
+            connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_two_drivers_on_postgres_and_a_resume_lose_nothing(tmp_path: Path, study_name: str) -> None:

@@ -303,7 +303,8 @@ class _Run:
             if lease.took_over is not None:
                 holder = lease.took_over
                 self.stream.write(
-                    f"took over the lease of a stopped driver (pid {holder.pid} on {holder.host})\n"
+                    f"took over the lease of a stopped driver (pid {holder.pid} on "
+                    f"{holder.host}: {lease.took_over_because})\n"
                 )
             study = prepare_study(config, self.space, storage)
             independent = independently_sampled(config.sampler.name, self.space)

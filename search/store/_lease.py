@@ -3,8 +3,16 @@
 The driver that holds a study's lease is the only process that writes the study. The row
 says who holds it (owner id, host, pid) and when it last proved it is alive (heartbeat,
 renewed by a background thread). A lease is stale, and the next driver takes it over, when
-its heartbeat is older than ``timeout_s``, or at once when its holder ran on this host and
-that process is gone, so re-running right after a crash just works.
+its heartbeat is older than ``timeout_s``, or at once when its holder is visibly gone, so
+re-running right after a crash just works:
+
+- its holder ran on this host and that process is gone;
+- on PostgreSQL, its holder's database session ended. The holder keeps a session-level
+  advisory lock (a random key, in the row) on a connection of its own for as long as it
+  lives; the server drops that lock the moment the connection closes, which a killed
+  process's kernel does at once. So a driver restarted on another host after its old host's
+  driver was killed does not wait out the timeout. A host that vanishes without closing its
+  connections (power loss) still costs the timeout.
 
 A holder trusts its lease without asking the database only for half the timeout after its
 last successful renewal; past that (it was paused, or its heartbeat thread was starved), the
@@ -15,8 +23,10 @@ could still write once; the check narrows that window to one database write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -58,11 +68,12 @@ class LeaseHolder:
     # cloned VMs share a hostname but not their pids).
     namespace: str | None = None
     timeout_s: float | None = None  # the holder's own lease_timeout_s
+    session_lock: int | None = None  # PostgreSQL: the advisory lock its session holds
 
     @classmethod
     def from_row(cls, row: Any) -> LeaseHolder:
         return cls(row.owner, row.host, row.pid, row.process_start, row.heartbeat,
-                   row.namespace, row.timeout_s)  # fmt: skip
+                   row.namespace, row.timeout_s, row.session_lock)  # fmt: skip
 
 
 def _clock() -> float:
@@ -103,15 +114,39 @@ def _alive_here(holder: LeaseHolder) -> bool:
     return holder.process_start is None or start is None or start == holder.process_start
 
 
-def is_stale(holder: LeaseHolder, now: float, timeout_s: float) -> bool:
-    """Stale when its heartbeat is older than the longer of the two drivers' timeouts (a
-    holder with a long timeout beats rarely), or when its holder's process is visibly gone:
-    only possible for a holder in this host's boot and PID namespace; any other holder is
-    judged by its heartbeat alone."""
-    if now - holder.heartbeat > max(timeout_s, holder.timeout_s or 0.0):
-        return True
+def stale_because(holder: LeaseHolder, now: float, timeout_s: float) -> str | None:
+    """Why the lease is stale, or None while its holder may be alive: its heartbeat is older
+    than the longer of the two drivers' timeouts (a holder with a long timeout beats rarely),
+    or its holder's process is visibly gone, which is only visible for a holder in this
+    host's boot and PID namespace. (A holder's ended database session is checked apart, in
+    the acquiring transaction: :func:`_session_ended`.)"""
+    silent = now - holder.heartbeat
+    if silent > max(timeout_s, holder.timeout_s or 0.0):
+        return f"its heartbeat stopped {silent:.0f} s ago"
     here = holder.host == socket.gethostname() and holder.namespace == pid_namespace()
-    return here and not _alive_here(holder)
+    if here and not _alive_here(holder):
+        return "its process is gone"
+    return None
+
+
+def is_stale(holder: LeaseHolder, now: float, timeout_s: float) -> bool:
+    return stale_because(holder, now, timeout_s) is not None
+
+
+_TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
+
+
+def _session_ended(connection: sa.Connection, holder: LeaseHolder) -> bool:
+    """PostgreSQL: the holder's advisory lock is free, so the session that held it for the
+    holder's whole life has ended (the holder died or lost its connection). The probe's lock
+    is let go at once."""
+    if holder.session_lock is None or connection.dialect.name != "postgresql":
+        return False
+    taken = bool(connection.execute(_TRY_LOCK, {"key": holder.session_lock}).scalar_one())
+    if taken:
+        connection.execute(_UNLOCK, {"key": holder.session_lock})
+    return taken
 
 
 class DriverLease:
@@ -130,6 +165,13 @@ class DriverLease:
         self.heartbeat_every_s = heartbeat_every_s or timeout_s / BEATS_PER_TIMEOUT
         self.owner = uuid.uuid4().hex
         self.took_over: LeaseHolder | None = None
+        self.took_over_because: str | None = None
+        # PostgreSQL: a connection of the lease's own, outside the storage's pool, that holds
+        # the advisory lock ``session_lock`` while this driver lives and carries the heartbeat.
+        self.session_lock: int | None = None
+        self._session: sa.Connection | None = None
+        self._session_engine: sa.Engine | None = None
+        self._locked = False  # whether _session holds session_lock
         self._stop = threading.Event()
         self.lost = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,6 +179,42 @@ class DriverLease:
         self._confirmed_at = 0.0  # _clock() of the last proof that we hold it
 
     def acquire(self) -> DriverLease:
+        try:
+            if self.engine.dialect.name == "postgresql":
+                self._open_session()
+                if not self._locked:  # a fresh random key: 1 chance in 2**62
+                    raise RuntimeError(f"advisory lock {self.session_lock} is taken")
+            self._claim_row()
+        except BaseException:
+            self._close_session()
+            raise
+        self._confirmed_at = _clock()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _open_session(self) -> None:
+        """Connect outside the pool (closing it must end the session, which drops the lock)
+        and take a fresh random advisory lock: free by construction."""
+        if self._session_engine is None:
+            self._session_engine = sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool)
+        self._session = self._session_engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
+        if self.session_lock is None:
+            self.session_lock = secrets.randbits(62)
+        self._locked = bool(
+            self._session.execute(_TRY_LOCK, {"key": self.session_lock}).scalar_one()
+        )
+
+    def _close_session(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self._session.close()  # the server drops the lock with the session
+            self._session = None
+            self._locked = False
+
+    def _claim_row(self) -> None:
         now = time.time()
         me = {
             "study_name": self.study_name,
@@ -146,6 +224,7 @@ class DriverLease:
             "process_start": _process_start(os.getpid()),
             "namespace": pid_namespace(),
             "timeout_s": self.timeout_s,
+            "session_lock": self.session_lock,
             "heartbeat": now,
             "acquired": now,
         }
@@ -157,14 +236,17 @@ class DriverLease:
             ).first()
             if row is not None:
                 holder = LeaseHolder.from_row(row)
-                if not is_stale(holder, now, self.timeout_s):
+                because = stale_because(holder, now, self.timeout_s)
+                if because is None and _session_ended(connection, holder):
+                    because = "its database session ended"
+                if because is None:
                     raise LeaseHeldError(
                         f"study {self.study_name!r} is being run by another driver (pid "
                         f"{holder.pid} on {holder.host}, heartbeat {now - holder.heartbeat:.0f}"
                         f" s ago). Wait for it to finish; if it is dead, its lease expires "
                         f"{self.timeout_s:.0f} s after its last heartbeat."
                     )
-                self.took_over = holder
+                self.took_over, self.took_over_because = holder, because
                 connection.execute(
                     sa.update(leases).where(leases.c.study_name == self.study_name).values(**me)
                 )
@@ -177,10 +259,6 @@ class DriverLease:
                         f"study {self.study_name!r} was just taken by another driver; wait for "
                         "it to finish"
                     ) from None
-        self._confirmed_at = _clock()
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-        self._thread.start()
-        return self
 
     def _renew(self) -> bool:
         """Renew the heartbeat; False (and :attr:`lost` set) if another driver holds it."""
@@ -188,18 +266,40 @@ class DriverLease:
             if self.lost.is_set():
                 return False
             asked_at = _clock()
-            with self.engine.begin() as connection:
-                renewed = connection.execute(
-                    sa.update(leases)
-                    .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
-                    .values(heartbeat=time.time())
-                ).rowcount
+            renew = (
+                sa.update(leases)
+                .where(leases.c.study_name == self.study_name, leases.c.owner == self.owner)
+                .values(heartbeat=time.time())
+            )
+            if self.session_lock is None:
+                with self.engine.begin() as connection:
+                    renewed = connection.execute(renew).rowcount
+            else:
+                renewed = self._renew_in_session(renew)
             if renewed == 0:
                 self.lost.set()
                 logger.info("lost the lease of %s to another driver", self.study_name)
                 return False
             self._confirmed_at = asked_at
             return True
+
+    def _renew_in_session(self, renew: sa.Update) -> int:
+        """The heartbeat on the lease's own connection (autocommit: one statement). A broken
+        connection is opened again with the same lock: if another driver found the lock free
+        meanwhile and took the lease, the renewal finds another owner and the lease is lost."""
+        if self._session is None or self._session.closed or self._session.invalidated:
+            self._close_session()
+            self._open_session()
+        elif not self._locked:  # a newcomer's probe held it when we reconnected
+            self._locked = bool(
+                self._session.execute(_TRY_LOCK, {"key": self.session_lock}).scalar_one()
+            )
+        assert self._session is not None
+        try:
+            return self._session.execute(renew).rowcount
+        except sa.exc.SQLAlchemyError:
+            self._close_session()  # the next beat reconnects
+            raise
 
     def still_held(self) -> bool:
         """Whether this driver may still write: trusted for half the timeout after the last
@@ -249,6 +349,11 @@ class DriverLease:
                 "could not release the lease of %s (%s); it expires %.0f s after its last "
                 "heartbeat", self.study_name, str(error).splitlines()[0], self.timeout_s,
             )  # fmt: skip
+        finally:
+            with self._renew_lock:  # not while a beat is using the connection
+                self._close_session()
+            if self._session_engine is not None:
+                self._session_engine.dispose()
 
     def __enter__(self) -> DriverLease:
         return self.acquire()

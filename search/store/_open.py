@@ -63,7 +63,9 @@ def _engine_kwargs(url: str) -> dict:
     if sqlite_path(url) is not None:
         # A driver and readers share the file; wait for locks instead of failing at once.
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
+    # A driver writes from its main thread only (its lease beats on a connection of its own):
+    # one pooled connection; Optuna's start-up briefly uses a second, closed when returned.
+    return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2}
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

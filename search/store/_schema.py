@@ -12,7 +12,8 @@ from search.errors import StorageError
 
 # 2: the lease row records the holder's boot id and PID namespace (``namespace``) and its
 # own timeout (``timeout_s``).
-SCHEMA_VERSION = 2
+# 3: and, on PostgreSQL, the advisory lock its database session holds (``session_lock``).
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 meta = sa.Table(
@@ -33,9 +34,10 @@ leases = sa.Table(
     sa.Column("acquired", sa.Float, nullable=False),
     sa.Column("namespace", sa.String(128), nullable=True),
     sa.Column("timeout_s", sa.Float, nullable=True),
+    sa.Column("session_lock", sa.BigInteger, nullable=True),
 )
-# Columns version 2 added to the lease table, with their SQL types.
-ADDED_IN_2 = {"namespace": "VARCHAR(128)", "timeout_s": "FLOAT"}
+# Columns later versions added to the lease table, with their SQL types.
+ADDED_COLUMNS = {"namespace": "VARCHAR(128)", "timeout_s": "FLOAT", "session_lock": "BIGINT"}
 
 
 def stored_schema_version(connection: sa.Connection) -> int | None:
@@ -76,10 +78,10 @@ def ensure_schema(engine: sa.Engine, url: str) -> None:
                 sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION))
             )
             return
-        # Columns a version-1 table lacks (checked by name, whatever the recorded version
-        # says); version 1 lease rows have neither and are judged by their heartbeat.
+        # Columns an older table lacks (checked by name, whatever the recorded version says);
+        # older lease rows have none of them and are judged by their heartbeat.
         present = {c["name"] for c in sa.inspect(connection).get_columns(leases.name)}
-        for column, sql_type in ADDED_IN_2.items():
+        for column, sql_type in ADDED_COLUMNS.items():
             if column not in present:
                 connection.execute(
                     sa.text(f"ALTER TABLE {leases.name} ADD COLUMN {column} {sql_type}")
