@@ -4,6 +4,7 @@ import json
 import statistics
 
 import pytest
+import ray
 
 from search.cli import main
 
@@ -56,3 +57,26 @@ def test_bench_overhead_runs_every_system_through_its_database(
         assert row["trials_per_s"] == pytest.approx(trials / row["seconds"])
         # Each trial's row, its parameter, its value and every epoch's value at least.
         assert row["rows"] >= trials * (3 + epochs)
+        assert row["driver_cpu_per_trial_s"] == pytest.approx(row["driver_cpu_s"] / trials)
+        assert row["driver_cpu_s"] > 0
+
+
+def test_bench_overhead_runs_the_systems_asked_for(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--systems`` picks and orders them (a large ``--concurrent`` run needs only ours);
+    a name it does not know is one line and exit 2. Plain Optuna alone starts no Ray."""
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("plain Optuna alone started Ray")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    argv = ["bench", "overhead", "--trials", "1", "--epochs", "1", "--epoch-s", "0"]
+    assert main([*argv, "--concurrent", "1", "--systems", "optuna"]) == 0
+    out = capsys.readouterr().out
+    assert "plain optuna" in out and "ours" not in out and "driver CPU/trial" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--systems", "ours,tune"])
+    assert exit_info.value.code == 2
+    assert "--systems: unknown tune" in capsys.readouterr().err

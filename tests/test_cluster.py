@@ -4,6 +4,7 @@ node each trial ran on, and a node lost mid-trial on a two-node cluster."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -427,3 +428,34 @@ def test_a_killed_driver_leaves_no_actor_and_a_driver_on_another_host_takes_over
     finally:
         if study_name in db.study_names(url):
             db.delete_study(url, study_name)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_two_studies_on_one_cluster_both_progress(tmp_path: Path, study_name: str) -> None:
+    """Two drivers on the session's 2-CPU Ray, each asking for 2 trials at a time. The first
+    is running when the second starts: the second's trials run (and finish) while the first
+    has trials left, because the first holds to its share (one trial) while the other waits
+    and gives the actor of a trial beyond it back. Without that the second waited until the
+    first's study ended."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    first_name, second_name = f"{study_name}-a", f"{study_name}-b"
+    two_epochs = {"max_concurrent": 2, "asha": {"max_epochs": 2, "enabled": False}}
+    first_study = tiny_study(first_name, storage, tmp_path / "a", n_trials=500, **two_epochs)
+    second_study = tiny_study(second_name, storage, tmp_path / "b", n_trials=2, **two_epochs)
+    first = start_command(
+        ["run", str(write_study(tmp_path / "a.yaml", first_study))], tmp_path / "a.log", tmp_path
+    )
+    wait_until(lambda: any(t.intermediate_values for t in trials(storage, first_name)), first)
+    second = start_command(
+        ["run", str(write_study(tmp_path / "b.yaml", second_study))], tmp_path / "b.log", tmp_path
+    )
+    assert second.wait(timeout=240) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    assert first.poll() is None  # still running: the second did not wait for its end
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 128 + signal.SIGINT
+    assert (
+        "shared the cluster: while other jobs waited, as few as 1 trials at a time"
+        in (tmp_path / "a.log").read_text()
+    )
+    assert len([t for t in trials(storage, second_name) if t.state == TrialState.COMPLETE]) == 2

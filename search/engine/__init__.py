@@ -1,6 +1,7 @@
 """The search engine: a run's set-up and preflight checks, the Ray Tune run, the searcher that
 keeps the study honest (its failure protocol and budget), ASHA rebuilt from the study, the
-trainable, progress, checkpoint retention and recovery after a crash."""
+trainable, progress, checkpoint retention, recovery after a crash, and a fair share of a
+cluster other jobs wait on."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._faults": ("Fault",),
         "._interrupts": ("InterruptWatch", "Interrupted"),
         "._recovery": ("ForkResult", "check_compatible", "fork_trials", "recover_lost_trials"),
+        "._sharing": ("ClusterDemand", "ClusterShare"),
     },
 )
 
@@ -54,3 +56,4 @@ if TYPE_CHECKING:
         trial_data,
     )
     from search.engine._searcher import SearchProgress, StudySearcher
+    from search.engine._sharing import ClusterDemand, ClusterShare

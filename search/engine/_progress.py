@@ -19,10 +19,15 @@ def _clock(seconds: float) -> str:
 
 
 def format_progress(
-    progress: SearchProgress, total: int, elapsed: float, direction_word: str = "best"
+    progress: SearchProgress,
+    total: int,
+    elapsed: float,
+    direction_word: str = "best",
+    waiting: int = 0,
 ) -> str:
     """One status line: finished (COMPLETE + PRUNED, what the budget counts) out of the
-    run's target, running and failed apart, best so far, epochs done, elapsed / ETA."""
+    run's target, running (and of those, ``waiting`` for the cluster's resources) and failed
+    apart, best so far, epochs done, elapsed / ETA."""
     finished = progress.finished
     eta = _clock(elapsed / finished * max(0, total - finished)) if finished else "?"
     best = (
@@ -30,8 +35,9 @@ def format_progress(
         if progress.best_value is not None
         else f"{direction_word} -"
     )
+    queued = f" ({waiting} waiting for resources)" if waiting else ""
     return (
-        f"[{finished}/{total}] running {progress.running} | complete {progress.complete} "
+        f"[{finished}/{total}] running {progress.running}{queued} | complete {progress.complete} "
         f"pruned {progress.pruned} failed {progress.failed} | {best} | "
         f"epochs {progress.epochs_done} | elapsed {_clock(elapsed)} eta {eta}"
     )
@@ -57,10 +63,11 @@ class ProgressView(Callback):
         self._last_print = 0.0
         self.log_heartbeat_s = 30.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._trials: list = []  # Tune's trials, as of its last step
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment folder; a stream does not pickle.
-        return {**self.__dict__, "stream": None}
+        return {**self.__dict__, "stream": None, "_trials": []}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -71,7 +78,9 @@ class ProgressView(Callback):
         if not force and now - self._last_draw < self.interval_s:
             return
         progress = self.searcher.progress()
-        line = format_progress(progress, self.total, now - self.started)
+        # Tune's PENDING: asked for, but no actor yet (the cluster's resources are taken).
+        waiting = sum(trial.status == "PENDING" for trial in self._trials)
+        line = format_progress(progress, self.total, now - self.started, waiting=waiting)
         self._last_draw = now
         counts = (progress.running, progress.complete, progress.pruned, progress.failed)
         if self._tty:
@@ -92,6 +101,7 @@ class ProgressView(Callback):
             self.stream.flush()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._trials = trials
         self.draw()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -19,12 +19,12 @@ import ray
 import sqlalchemy
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.stopper import Stopper
 
 from model import DataSplits, load_dataset
 from search.config import Refit, SamplerConfig, StudyConfig, test_metric
-from search.engine._asha import RungLedger, StudyASHA, study_history
+from search.engine._asha import RungLedger, study_history
 from search.engine._checkpoints import CheckpointPolicy
 from search.engine._cluster import concurrent_trials, connect
 from search.engine._faults import Fault
@@ -41,6 +41,7 @@ from search.engine._preflight import (
 from search.engine._progress import FailureRecorder, ProgressView
 from search.engine._recovery import check_compatible, fork_trials, recover_lost_trials
 from search.engine._searcher import QueuePlan, SearchProgress, StudySearcher
+from search.engine._sharing import ClusterShare, SharingFIFOScheduler, SharingStudyASHA
 from search.engine._trainable import train_trial
 from search.errors import RunAbortedError, StudyNotFoundError, UserError
 from search.keys import StudyAttr
@@ -392,6 +393,8 @@ class _Run:
             faults=dict(self.faults or {}),
             final_test=self.final_evaluation is not None,
         )
+        concurrent = concurrent_trials(config)
+        share = ClusterShare(concurrent)
         searcher = StudySearcher(
             study,
             self.space,
@@ -403,10 +406,12 @@ class _Run:
                 study, checkpoint_root, config.checkpoints.keep, config.checkpoints.keep_all
             ),
             write_allowed=lease.still_held,
+            may_start=share.may_start,
         )
-        scheduler: TrialScheduler = FIFOScheduler()
+        scheduler: TrialScheduler = SharingFIFOScheduler(share)
         if config.asha.enabled:
-            scheduler = StudyASHA(
+            scheduler = SharingStudyASHA(
+                share,
                 ledger=ledger,
                 history=study_history(known, ledger.trial_keys),
                 direction=mode,
@@ -414,7 +419,6 @@ class _Run:
                 grace_period=config.asha.grace_period,
                 reduction_factor=config.asha.reduction_factor,
             )
-        concurrent = concurrent_trials(config)
         auto = (
             " (max_concurrent: auto, from the cluster)" if config.max_concurrent == "auto" else ""
         )
@@ -464,6 +468,12 @@ class _Run:
                         searcher.halt(f"interrupted: {watch.signal_name}")
                     searcher.close()  # never raises: what it cannot write, the next run does
                     progress.finish()
+                    if share.smallest_share < share.capacity:
+                        self.stream.write(
+                            f"shared the cluster: while other jobs waited, as few as "
+                            f"{share.smallest_share} trials at a time; "
+                            f"{share.actors_given_back} finished trials' actors went back\n"
+                        )
         if searcher.lease_lost:
             holder = lease.current_holder()
             who = f"pid {holder.pid} on {holder.host}" if holder else "another driver"

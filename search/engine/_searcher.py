@@ -131,10 +131,12 @@ class StudySearcher(Searcher):
         plan: QueuePlan | None = None,
         retention: CheckpointPolicy | None = None,
         write_allowed: Callable[[], bool] | None = None,
+        may_start: Callable[[int], bool] | None = None,
     ) -> None:
         """``ledger`` is shared with ASHA; ``write_allowed`` says whether the driver still
         holds the study's lease (checked before each write); ``retention`` deletes the
-        checkpoints a trial's end makes useless."""
+        checkpoints a trial's end makes useless; ``may_start(n)`` says whether another trial
+        may start while ``n`` are under way (a shared cluster: engine._sharing)."""
         super().__init__(metric=policy.metric, mode=policy.mode)
         self.study = study
         self.space = space
@@ -144,6 +146,7 @@ class StudySearcher(Searcher):
         self.plan = plan
         self.retention = retention
         self.write_allowed = write_allowed or (lambda: True)
+        self.may_start = may_start or (lambda under_way: True)
         self._live: dict[str, _LiveTrial] = {}
         self._awaiting_error: dict[str, _LiveTrial] = {}
         self._retry_queue: list[_LiveTrial] = []
@@ -177,6 +180,8 @@ class StudySearcher(Searcher):
         interrupted = self.halt_reason is not None and self.halt_reason.startswith(
             Reason.INTERRUPTED
         )
+        if not self.may_start(len(self._live) + len(self._awaiting_error)):
+            return None  # other jobs wait on the cluster and this driver has its share
         if self._retry_queue and not interrupted:
             return self._resume_same_trial(trial_id, self._retry_queue.pop(0))
         if self._done_proposing() or (self.plan is not None and not self._has_queued()):

@@ -53,6 +53,9 @@ class Throughput:
     trials: int
     seconds: float
     rows: int
+    # CPU seconds this process (the driver; plain Optuna's trials run in it too) spent in the
+    # run: how much of one core feeding the trials takes, whatever the machine's load.
+    driver_cpu_s: float = 0.0
 
     @property
     def trials_per_s(self) -> float:
@@ -61,6 +64,10 @@ class Throughput:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds
+
+    @property
+    def driver_cpu_per_trial_s(self) -> float:
+        return self.driver_cpu_s / max(1, self.trials)
 
 
 def _value(seed: float, epoch: int) -> float:
@@ -110,11 +117,11 @@ def _counts(url: str) -> tuple[int, int]:
 def _timed(system: str, url: str, run: Callable[[], None]) -> Throughput:
     """The run's wall time; the trials it finished (not the ones asked for) and the rows
     its study holds, counted afterwards."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     run()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     complete, rows = _counts(url)
-    return Throughput(system, complete, seconds, rows)
+    return Throughput(system, complete, seconds, rows, cpu)
 
 
 def ours(folder: Path, trials: int, concurrent: int, epochs: int, epoch_s: float) -> Throughput:
@@ -183,9 +190,18 @@ def plain_optuna(
     return _timed(label, url, lambda: study.optimize(objective, n_trials=trials, n_jobs=concurrent))
 
 
-def measure(trials: int, concurrent: int, epochs: int, epoch_s: float) -> list[Throughput]:
+SYSTEMS = ("ours", "stock", "stock-reuse", "optuna")
+
+
+def measure(
+    trials: int,
+    concurrent: int,
+    epochs: int,
+    epoch_s: float,
+    systems: tuple[str, ...] = SYSTEMS,
+) -> list[Throughput]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started_ray = not ray.is_initialized()
+    started_ray = not ray.is_initialized() and systems != ("optuna",)
     if started_ray:
         ray.init(num_cpus=concurrent, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")  # fmt: skip
@@ -193,13 +209,16 @@ def measure(trials: int, concurrent: int, epochs: int, epoch_s: float) -> list[T
         with tempfile.TemporaryDirectory(prefix="resnet-hpo-overhead-") as folder:
             root = Path(folder)
             args = (trials, concurrent, epochs, epoch_s)
-            results = [ours(root, *args)]
-            print(_line(results[-1]), file=sys.stderr, flush=True)
-            for reuse in (False, True):
-                results.append(stock_tune(root, *args, reuse=reuse))
+            runs: dict[str, Callable[[], Throughput]] = {
+                "ours": lambda: ours(root, *args),
+                "stock": lambda: stock_tune(root, *args, reuse=False),
+                "stock-reuse": lambda: stock_tune(root, *args, reuse=True),
+                "optuna": lambda: plain_optuna(root, *args),
+            }
+            results = []
+            for system in systems:
+                results.append(runs[system]())
                 print(_line(results[-1]), file=sys.stderr, flush=True)
-            results.append(plain_optuna(root, *args))
-            print(_line(results[-1]), file=sys.stderr, flush=True)
             return results
     finally:
         if started_ray:
@@ -209,7 +228,8 @@ def measure(trials: int, concurrent: int, epochs: int, epoch_s: float) -> list[T
 def _line(result: Throughput) -> str:
     return (
         f"{result.system:<48} {result.trials_per_s:6.2f} trials/s  "
-        f"{result.rows_per_s:7.1f} rows/s  ({result.trials} trials in {result.seconds:.1f} s)"
+        f"{result.rows_per_s:7.1f} rows/s  {result.driver_cpu_per_trial_s * 1000:6.1f} ms "
+        f"driver CPU/trial  ({result.trials} trials in {result.seconds:.1f} s)"
     )
 
 
@@ -223,21 +243,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--epoch-s", type=float, default=0.05)
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"which to run, comma-separated, in that order (default: {','.join(SYSTEMS)}); "
+        "the ratios are against the first",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
+    unknown = [name for name in systems if name not in SYSTEMS]
+    if unknown or not systems:
+        parser.error(f"--systems: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(SYSTEMS)}")  # fmt: skip
     if args.trials < 1 or args.concurrent < 1 or args.epochs < 1 or args.epoch_s < 0:
         parser.error("--trials, --concurrent and --epochs must be >= 1, --epoch-s >= 0")
-    results = measure(args.trials, args.concurrent, args.epochs, args.epoch_s)
+    results = measure(args.trials, args.concurrent, args.epochs, args.epoch_s, systems)
     ideal = args.concurrent / (args.epochs * args.epoch_s) if args.epoch_s else float("inf")
     if args.json:
         print(json.dumps({"ideal_trials_per_s": ideal,
                           "results": [{**asdict(r), "trials_per_s": r.trials_per_s,
-                                       "rows_per_s": r.rows_per_s} for r in results]}))  # fmt: skip
+                                       "rows_per_s": r.rows_per_s,
+                                       "driver_cpu_per_trial_s": r.driver_cpu_per_trial_s}
+                                      for r in results]}))  # fmt: skip
         return 0
-    ours_rate = results[0].trials_per_s
+    first = results[0]
     print(f"ideal (no overhead): {ideal:.2f} trials/s")
     for result in results:
-        ratio = "" if result is results[0] else f"  ours = {ours_rate / result.trials_per_s:.2f}x"
+        ratio = (
+            ""
+            if result is first
+            else f"  {systems[0]} = {first.trials_per_s / result.trials_per_s:.2f}x"
+        )
         print(_line(result) + ratio)
     return 0
 
