@@ -173,7 +173,7 @@ def test_the_progress_line_counts_failures_apart() -> None:
     assert "eta 0:00:20" in line  # 3 finished in 30 s, 2 to go
     assert progress.settled == 6
     waiting = format_progress(progress, total=5, elapsed=30, waiting=1)
-    assert waiting.startswith("[3/5] running 1 (1 waiting for resources) | complete 2")
+    assert waiting.startswith("[3/5] running 1 (1 waiting to start) | complete 2")
 
 
 @pytest.mark.usefixtures("ray_session")

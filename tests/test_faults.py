@@ -304,6 +304,9 @@ class _Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.cut.is_set():  # accepted as the cut happened: the network is down
+                client.close()
+                return
             server = socket.create_connection(("127.0.0.1", self.target_port))
             self.sockets += [client, server]
             for source, sink in ((client, server), (server, client)):
@@ -321,6 +324,10 @@ class _Proxy:
         import socket
 
         self.cut.set()
+        # shutdown wakes the accept() blocked in the relay's thread; close alone leaves it
+        # listening, and the next connection would still get through.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for sock in self.sockets:
             with contextlib.suppress(OSError):

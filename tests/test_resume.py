@@ -406,7 +406,7 @@ HOLD_LEASE = """
 import sys, time
 from search.store._lease import DriverLease
 from search.store._open import open_storage
-DriverLease(open_storage(sys.argv[1]).engine, sys.argv[2], timeout_s=600).acquire()
+DriverLease(open_storage(sys.argv[1]).engine, sys.argv[2], timeout_s=6).acquire()
 print("holding", flush=True)
 time.sleep(600)
 """
@@ -414,9 +414,11 @@ time.sleep(600)
 
 @pytest.mark.slow
 def test_a_holder_whose_database_session_ended_is_taken_over_at_once(study_name: str) -> None:
-    """PostgreSQL: a holder on another host (its pid means nothing here) with a fresh
-    heartbeat and a 10-minute timeout keeps its lease while its process lives; once it is
-    killed, its session's advisory lock is gone and the next driver takes over at once."""
+    """PostgreSQL: a holder on another host (its pid means nothing here) keeps its lease
+    while its process lives; once it is killed, its session's advisory lock is gone and the
+    next driver takes over two beats after its last one (2 s of its 6 s timeout), not after
+    the newcomer's 10-minute timeout. A released lease frees its lock."""
+    import select
     import signal
 
     import sqlalchemy as sa
@@ -432,7 +434,9 @@ def test_a_holder_whose_database_session_ended_is_taken_over_at_once(study_name:
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, url, study_name],
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        assert holder.stdout is not None
+        ready, _, _ = select.select([holder.stdout], [], [], 60)
+        assert ready and holder.stdout.readline().strip() == "holding"
         with engine.begin() as connection:  # as if it ran on another machine
             connection.execute(
                 sa.update(leases)
@@ -443,7 +447,7 @@ def test_a_holder_whose_database_session_ended_is_taken_over_at_once(study_name:
             DriverLease(engine, study_name, timeout_s=600).acquire()
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-        deadline = time.monotonic() + 10  # the server notices the closed socket at once
+        deadline = time.monotonic() + 15  # two beats, and the server notices the closed socket
         while True:
             try:
                 lease = DriverLease(engine, study_name, timeout_s=600).acquire()
@@ -462,12 +466,98 @@ def test_a_holder_whose_database_session_ended_is_taken_over_at_once(study_name:
                 sa.select(sa.func.count()).select_from(leases)
                 .where(leases.c.study_name == study_name)
             ).scalar_one() == 0  # fmt: skip
+            free = sa.text("SELECT pg_try_advisory_lock(:key)")
+            assert connection.execute(free, {"key": lease.session_lock}).scalar_one()
+            connection.execute(sa.text("SELECT pg_advisory_unlock_all()"))
     finally:
         if holder.poll() is None:
             holder.kill()
             holder.wait(timeout=30)
         with engine.begin() as connection:
             connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
+
+
+@pytest.mark.slow
+def test_an_ended_session_is_taken_over_only_after_two_beats(study_name: str) -> None:
+    """A holder whose session ended may not know yet (its next beat tells it): within two
+    beats of its last heartbeat its lease is still its own."""
+    import sqlalchemy as sa
+
+    from search.store import DriverLease, LeaseHeldError
+    from search.store._schema import leases
+    from tests.conftest import postgres_url
+
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server")
+    engine = db.storage(url).engine
+
+    def plant(silent_s: float) -> None:
+        row = {
+            "study_name": study_name,
+            "owner": "someone",
+            "host": "elsewhere",
+            "pid": 1,
+            "heartbeat": time.time() - silent_s,
+            "acquired": time.time() - 100,
+            "timeout_s": 60.0,
+            "session_lock": 4242424242,
+        }  # nobody holds that lock
+        with engine.begin() as connection:  # fmt: skip
+            connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
+            connection.execute(sa.insert(leases).values(**row))
+
+    try:
+        plant(silent_s=5)  # one beat of a 60 s timeout is 10 s
+        with pytest.raises(LeaseHeldError, match="on PostgreSQL 20 s, once its database"):
+            DriverLease(engine, study_name).acquire()
+        plant(silent_s=25)
+        lease = DriverLease(engine, study_name).acquire()
+        assert lease.took_over_because == "its database session ended"
+        lease.release()
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
+
+
+@pytest.mark.slow
+def test_a_holder_whose_session_was_cut_reconnects_and_keeps_its_lease(study_name: str) -> None:
+    """The server ends the lease's session (a restart, pg_terminate_backend): the next beat
+    opens a new one with the same lock, the lease is not lost, and a newcomer is refused."""
+    import sqlalchemy as sa
+
+    from search.store import DriverLease, LeaseHeldError
+    from tests.conftest import postgres_url
+
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server")
+    engine = db.storage(url).engine
+    lease = DriverLease(engine, study_name, timeout_s=60, heartbeat_every_s=0.2).acquire()
+    try:
+        with lease._renew_lock:
+            assert lease._session is not None
+            backend = lease._session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        assert lease.session_lock is not None
+        holder_of_the_lock = sa.text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = :high AND objid = :low AND objsubid = 1"
+        ).bindparams(high=lease.session_lock >> 32, low=lease.session_lock & 0xFFFFFFFF)
+        deadline = time.monotonic() + 15
+        while True:
+            with engine.connect() as connection:
+                holders = connection.execute(holder_of_the_lock).scalars().all()
+            if holders and backend not in holders:
+                break  # a new session holds the same lock
+            assert time.monotonic() < deadline, f"the lock is held by {holders}"
+            time.sleep(0.2)
+        assert not lease.lost.is_set() and lease.still_held()
+        with pytest.raises(LeaseHeldError):
+            DriverLease(engine, study_name, timeout_s=60).acquire()
+    finally:
+        lease.release()
 
 
 @pytest.mark.slow

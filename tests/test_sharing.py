@@ -21,7 +21,9 @@ class _Controller:
 
 
 def _share(capacity: int, demand: ClusterDemand) -> ClusterShare:
-    return ClusterShare(capacity, check_every_s=0.0, demand=lambda job: demand, own_job="01000000")
+    return ClusterShare(
+        capacity, check_every_s=0.0, demand=lambda job, kinds: demand, own_job="01000000"
+    )
 
 
 def test_alone_a_driver_uses_its_capacity_and_keeps_its_actors() -> None:
@@ -49,7 +51,7 @@ def test_while_others_wait_the_capacity_is_split_and_actors_above_it_go_back() -
 
 
 def test_a_failed_look_at_the_cluster_runs_as_alone() -> None:
-    def broken(job: str) -> ClusterDemand:
+    def broken(job: str, kinds: frozenset[str]) -> ClusterDemand:
         raise ConnectionError("head busy")
 
     share = ClusterShare(3, check_every_s=0.0, demand=broken, own_job="01000000")
@@ -59,7 +61,7 @@ def test_a_failed_look_at_the_cluster_runs_as_alone() -> None:
 def test_the_cluster_is_read_once_per_interval() -> None:
     calls: list[str] = []
 
-    def counted(job: str) -> ClusterDemand:
+    def counted(job: str, kinds: frozenset[str]) -> ClusterDemand:
         calls.append(job)
         return ClusterDemand(waiting=frozenset({"02000000"}))
 
@@ -73,15 +75,23 @@ def test_placement_groups_are_told_apart_by_the_job_that_made_them(
 ) -> None:
     import search.engine._sharing as sharing
 
+    def group(state: str, scheduling: str = "NO_RESOURCES", **bundle: float) -> dict:
+        return {"state": state, "bundles": {0: bundle or {"CPU": 1.0}},
+                "stats": {"scheduling_state": scheduling}}  # fmt: skip
+
     table = {
-        "aa" * 14 + "01000000": {"state": "PENDING"},  # ours: not another job's demand
-        "bb" * 14 + "02000000": {"state": "PENDING"},
-        "cc" * 14 + "02000000": {"state": "CREATED"},
-        "dd" * 14 + "03000000": {"state": "CREATED"},
-        "ee" * 14 + "04000000": {"state": "REMOVED"},
-        "ff" * 14 + "05000000": {"state": "RESCHEDULING"},
+        "aa" * 14 + "01000000": group("PENDING"),  # ours: not another job's demand
+        "bb" * 14 + "02000000": group("PENDING"),
+        "cc" * 14 + "02000000": group("CREATED"),
+        "dd" * 14 + "03000000": group("CREATED"),
+        "ee" * 14 + "04000000": group("REMOVED"),
+        "ff" * 14 + "05000000": group("RESCHEDULING"),
+        "a1" * 14 + "06000000": group("PENDING", GPU=1.0),  # a kind ours do not hold
+        "a2" * 14 + "07000000": group("PENDING", "INFEASIBLE"),  # no node can hold it
     }
     monkeypatch.setattr(sharing, "placement_group_table", lambda: table)
-    demand = cluster_demand("01000000")
+    demand = cluster_demand("01000000", frozenset({"CPU"}))
     assert demand.waiting == {"02000000", "05000000"}
     assert demand.holding == {"02000000", "03000000"}
+    with_gpus = cluster_demand("01000000", frozenset({"CPU", "GPU"}))
+    assert with_gpus.waiting == {"02000000", "05000000", "06000000"}

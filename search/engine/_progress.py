@@ -26,7 +26,8 @@ def format_progress(
     waiting: int = 0,
 ) -> str:
     """One status line: finished (COMPLETE + PRUNED, what the budget counts) out of the
-    run's target, running (and of those, ``waiting`` for the cluster's resources) and failed
+    run's target, running (and of those, ``waiting`` to start: no actor yet, as the cluster's
+    resources are taken or its actor is starting) and failed
     apart, best so far, epochs done, elapsed / ETA."""
     finished = progress.finished
     eta = _clock(elapsed / finished * max(0, total - finished)) if finished else "?"
@@ -35,7 +36,7 @@ def format_progress(
         if progress.best_value is not None
         else f"{direction_word} -"
     )
-    queued = f" ({waiting} waiting for resources)" if waiting else ""
+    queued = f" ({waiting} waiting to start)" if waiting else ""
     return (
         f"[{finished}/{total}] running {progress.running}{queued} | complete {progress.complete} "
         f"pruned {progress.pruned} failed {progress.failed} | {best} | "
@@ -78,7 +79,7 @@ class ProgressView(Callback):
         if not force and now - self._last_draw < self.interval_s:
             return
         progress = self.searcher.progress()
-        # Tune's PENDING: asked for, but no actor yet (the cluster's resources are taken).
+        # Tune's PENDING: asked for, no actor yet (resources taken, or its actor starting).
         waiting = sum(trial.status == "PENDING" for trial in self._trials)
         line = format_progress(progress, self.total, now - self.started, waiting=waiting)
         self._last_draw = now

@@ -394,7 +394,8 @@ class _Run:
             final_test=self.final_evaluation is not None,
         )
         concurrent = concurrent_trials(config)
-        share = ClusterShare(concurrent)
+        held = (("CPU", config.resources.cpu), ("GPU", config.resources.gpu))
+        share = ClusterShare(concurrent, kinds=frozenset(kind for kind, amount in held if amount))
         searcher = StudySearcher(
             study,
             self.space,
@@ -479,8 +480,9 @@ class _Run:
             who = f"pid {holder.pid} on {holder.host}" if holder else "another driver"
             raise LeaseLostError(
                 f"study {config.name!r}: this driver lost its lease to {who} (it was paused or "
-                f"cut off for more than lease_timeout_s = {config.lease_timeout_s:g} s); it "
-                "stopped its trials and wrote nothing after that. The other driver carries on."
+                f"cut off for more than lease_timeout_s = {config.lease_timeout_s:g} s, or its "
+                "database session ended and it was silent for two heartbeats); it stopped its "
+                "trials and wrote nothing after that. The other driver carries on."
             )
         if isinstance(plan, GridPlan) and not plan.remaining(study):
             finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))

@@ -9,12 +9,12 @@ placement group, asked a moment later, before the other job's older waiting one 
 a driver that gave 17 actors back still got every slot back itself).
 
 So the driver reads the cluster's placement groups (at most every :data:`CHECK_EVERY_S`).
-While another job's group waits for resources, this driver's share is its
-``max_concurrent`` divided among itself and the other jobs that wait or hold resources
-(at least one trial): it starts no trial beyond that share, and a finished trial's actor is
-kept for the next trial only within it; above it, the actor goes back to the cluster for
-the waiting job. Alone on the cluster, the driver uses ``max_concurrent`` and reuses its
-actors as before.
+While another job's group waits for resources of a kind this driver's trials hold (CPUs,
+GPUs) and Ray has not judged it infeasible, this driver's share is its ``max_concurrent``
+divided among itself and the other jobs that wait or hold resources (at least one trial):
+it starts no trial beyond that share, and a finished trial's actor is kept for the next
+trial only within it; above it, the actor goes back to the cluster for the waiting job.
+Alone on the cluster, the driver uses ``max_concurrent`` and reuses its actors as before.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 2.0
 _WAITING = ("PENDING", "RESCHEDULING")
+# Waiting groups no node can ever hold: giving resources back would not help them.
+_NEVER_PLACED = ("INFEASIBLE",)
 _JOB_ID_HEX = 8  # a placement group's id ends with its job's id (4 bytes; Ray's id layout)
 
 
@@ -46,14 +48,28 @@ class ClusterDemand:
     holding: frozenset[str] = frozenset()  # a group holds resources
 
 
-def cluster_demand(own_job: str) -> ClusterDemand:
+def _asks_for(group: dict[str, Any], kinds: frozenset[str]) -> bool:
+    """Whether a waiting group asks for a resource kind in ``kinds`` and may be placed."""
+    if group.get("stats", {}).get("scheduling_state") in _NEVER_PLACED:
+        return False
+    bundles = group.get("bundles") or {}
+    return any(
+        amount and kind in kinds for bundle in bundles.values() for kind, amount in bundle.items()
+    )
+
+
+def cluster_demand(
+    own_job: str, kinds: frozenset[str] = frozenset({"CPU", "GPU"})
+) -> ClusterDemand:
+    """Other jobs' placement groups: ``waiting`` counts those that wait for a resource kind in
+    ``kinds`` (what this driver's trials hold, so what it can give back)."""
     waiting: set[str] = set()
     holding: set[str] = set()
     for group_id, group in placement_group_table().items():
         job = group_id[-_JOB_ID_HEX:]
         if job == own_job:
             continue
-        if group["state"] in _WAITING:
+        if group["state"] in _WAITING and _asks_for(group, kinds):
             waiting.add(job)
         elif group["state"] == "CREATED":
             holding.add(job)
@@ -67,10 +83,12 @@ class ClusterShare:
         self,
         capacity: int,
         check_every_s: float = CHECK_EVERY_S,
-        demand: Callable[[str], ClusterDemand] = cluster_demand,
+        kinds: frozenset[str] = frozenset({"CPU"}),
+        demand: Callable[[str, frozenset[str]], ClusterDemand] = cluster_demand,
         own_job: str | None = None,
     ) -> None:
         self.capacity = capacity  # max_concurrent: what the driver runs alone
+        self.kinds = kinds  # the resource kinds one trial holds (what it can give back)
         self.check_every_s = check_every_s
         self._demand = demand
         self._checked_at = -float("inf")
@@ -78,6 +96,7 @@ class ClusterShare:
         self._job = own_job  # this driver's Ray job id, read when first needed
         self.actors_given_back = 0  # finished trials' actors returned to the cluster
         self.smallest_share = capacity  # the fewest trials at a time it ever held to
+        self._warned = False
 
     def share(self) -> int:
         now = time.monotonic()
@@ -86,9 +105,9 @@ class ClusterShare:
             try:
                 if self._job is None:
                     self._job = ray.get_runtime_context().get_job_id()
-                demand = self._demand(self._job)
+                demand = self._demand(self._job, self.kinds)
             except Exception as error:  # a busy head must not end the run: run as alone
-                logger.warning("could not read the cluster's placement groups: %s", error)
+                self._warn_once(f"could not read the cluster's placement groups: {error}")
                 demand = ClusterDemand()
             self._share = self.capacity
             if demand.waiting:
@@ -97,14 +116,23 @@ class ClusterShare:
             self.smallest_share = min(self.smallest_share, self._share)
         return self._share
 
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(message)
+
     def may_start(self, under_way: int) -> bool:
         return under_way < self.share()
 
     def on_trial_complete(self, tune_controller: Any) -> None:
         """Before Tune decides whether to keep a finished trial's actor: sets Tune's own
         switch (``_reuse_actors``, read at each decision; Ray has no public hook for it)."""
-        if not hasattr(tune_controller, "_reuse_actors"):
-            return  # another Ray's controller: it keeps its own choice
+        if not hasattr(tune_controller, "_reuse_actors"):  # another Ray: it keeps its choice
+            self._warn_once(
+                "this Ray Tune has no _reuse_actors switch; finished trials' actors are kept "
+                "even while other jobs wait"
+            )
+            return
         still_live = len(tune_controller.get_live_trials()) - 1  # the finished one counts
         keep = still_live < self.share()
         tune_controller._reuse_actors = keep

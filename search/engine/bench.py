@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
+    # Each once, in the order given: a second run of ours would find its study finished.
+    systems = tuple(dict.fromkeys(n.strip() for n in args.systems.split(",") if n.strip()))
     unknown = [name for name in systems if name not in SYSTEMS]
     if unknown or not systems:
         parser.error(f"--systems: unknown {', '.join(unknown) or '(none given)'}; "

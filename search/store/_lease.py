@@ -7,12 +7,19 @@ its heartbeat is older than ``timeout_s``, or at once when its holder is visibly
 re-running right after a crash just works:
 
 - its holder ran on this host and that process is gone;
-- on PostgreSQL, its holder's database session ended. The holder keeps a session-level
-  advisory lock (a random key, in the row) on a connection of its own for as long as it
-  lives; the server drops that lock the moment the connection closes, which a killed
-  process's kernel does at once. So a driver restarted on another host after its old host's
-  driver was killed does not wait out the timeout. A host that vanishes without closing its
-  connections (power loss) still costs the timeout.
+- on PostgreSQL, its holder's database session ended and its heartbeat is older than two
+  beats (``timeout_s / 3``). The holder keeps a session-level advisory lock (a random key,
+  in the row) on a connection of its own, which also carries its heartbeat; the server
+  drops that lock the moment the connection closes, which a killed process's kernel does at
+  once. A live holder whose session ended (a database restart, a terminated backend) finds
+  out on its next beat, stops trusting its lease and renews before its next write (opening
+  a new session and taking its lock again, or finding the lease taken); the two beats'
+  wait keeps a newcomer from writing while that holder might still trust its lease. So a
+  driver restarted on another host after its old host's driver was killed waits a third of
+  the timeout, not all of it. A host that vanishes without closing its connections (power
+  loss) still costs the timeout. The lock needs a real session: connect directly or through
+  a session-mode pooler, not a transaction-mode one (PgBouncer's ``pool_mode=transaction``
+  shares sessions between clients).
 
 A holder trusts its lease without asking the database only for half the timeout after its
 last successful renewal; past that (it was paused, or its heartbeat thread was starved), the
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -44,6 +52,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 60.0
 # Beats per timeout: one missed or slow beat never lets the lease go stale.
 BEATS_PER_TIMEOUT = 6
+# Beats a holder whose session ended has been silent before a newcomer takes over: by then its
+# own failed beat has made it stop trusting the lease.
+SESSION_GRACE_BEATS = 2
+# The lease's own PostgreSQL connection: fail fast on a dead network instead of hanging a beat.
+_LIBPQ_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                   "keepalives_interval": 5, "keepalives_count": 3}  # fmt: skip
 
 
 class LeaseHeldError(UserError):
@@ -129,10 +143,6 @@ def stale_because(holder: LeaseHolder, now: float, timeout_s: float) -> str | No
     return None
 
 
-def is_stale(holder: LeaseHolder, now: float, timeout_s: float) -> bool:
-    return stale_because(holder, now, timeout_s) is not None
-
-
 _TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(:key)")
 _UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
 
@@ -197,7 +207,12 @@ class DriverLease:
         """Connect outside the pool (closing it must end the session, which drops the lock)
         and take a fresh random advisory lock: free by construction."""
         if self._session_engine is None:
-            self._session_engine = sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool)
+            timeouts = (
+                _LIBPQ_TIMEOUTS if self.engine.dialect.driver in ("psycopg", "psycopg2") else {}
+            )
+            self._session_engine = sa.create_engine(
+                self.engine.url, poolclass=sa.pool.NullPool, connect_args=timeouts
+            )
         self._session = self._session_engine.connect().execution_options(
             isolation_level="AUTOCOMMIT"
         )
@@ -237,14 +252,26 @@ class DriverLease:
             if row is not None:
                 holder = LeaseHolder.from_row(row)
                 because = stale_because(holder, now, self.timeout_s)
-                if because is None and _session_ended(connection, holder):
+                holder_timeout = holder.timeout_s or self.timeout_s
+                grace = SESSION_GRACE_BEATS * holder_timeout / BEATS_PER_TIMEOUT
+                if (
+                    because is None
+                    and now - holder.heartbeat > grace
+                    and _session_ended(connection, holder)
+                ):
                     because = "its database session ended"
                 if because is None:
+                    sooner = (
+                        f" (on PostgreSQL {grace:.0f} s, once its database session has ended)"
+                        if holder.session_lock is not None
+                        else ""
+                    )
                     raise LeaseHeldError(
                         f"study {self.study_name!r} is being run by another driver (pid "
                         f"{holder.pid} on {holder.host}, heartbeat {now - holder.heartbeat:.0f}"
                         f" s ago). Wait for it to finish; if it is dead, its lease expires "
-                        f"{self.timeout_s:.0f} s after its last heartbeat."
+                        f"{max(self.timeout_s, holder_timeout):.0f} s after its last "
+                        f"heartbeat{sooner}."
                     )
                 self.took_over, self.took_over_because = holder, because
                 connection.execute(
@@ -263,8 +290,8 @@ class DriverLease:
     def _renew(self) -> bool:
         """Renew the heartbeat; False (and :attr:`lost` set) if another driver holds it."""
         with self._renew_lock:
-            if self.lost.is_set():
-                return False
+            if self.lost.is_set() or self._stop.is_set():
+                return False  # lost, or released: nothing to renew (and no session to reopen)
             asked_at = _clock()
             renew = (
                 sa.update(leases)
@@ -287,18 +314,23 @@ class DriverLease:
         """The heartbeat on the lease's own connection (autocommit: one statement). A broken
         connection is opened again with the same lock: if another driver found the lock free
         meanwhile and took the lease, the renewal finds another owner and the lease is lost."""
-        if self._session is None or self._session.closed or self._session.invalidated:
-            self._close_session()
-            self._open_session()
-        elif not self._locked:  # a newcomer's probe held it when we reconnected
-            self._locked = bool(
-                self._session.execute(_TRY_LOCK, {"key": self.session_lock}).scalar_one()
-            )
-        assert self._session is not None
         try:
+            if self._session is None or self._session.closed or self._session.invalidated:
+                self._close_session()
+                self._open_session()
+            elif not self._locked:  # a newcomer's probe held it when we reconnected
+                self._locked = bool(
+                    self._session.execute(_TRY_LOCK, {"key": self.session_lock}).scalar_one()
+                )
+            assert self._session is not None
             return self._session.execute(renew).rowcount
         except sa.exc.SQLAlchemyError:
-            self._close_session()  # the next beat reconnects
+            # The session may have ended, and with it the lock: another driver may take the
+            # lease two beats after our last one, so stop trusting it now; the next write
+            # renews first (reconnecting, or failing the run if the database is gone), and
+            # the next beat reconnects too.
+            self._confirmed_at = -math.inf
+            self._close_session()
             raise
 
     def still_held(self) -> bool:
@@ -350,8 +382,13 @@ class DriverLease:
                 "heartbeat", self.study_name, str(error).splitlines()[0], self.timeout_s,
             )  # fmt: skip
         finally:
-            with self._renew_lock:  # not while a beat is using the connection
-                self._close_session()
+            # Not while a beat uses the connection; a beat stuck on a dead network is left to
+            # its timeouts, and the session closes with the process at the latest.
+            if self._renew_lock.acquire(timeout=5):
+                try:
+                    self._close_session()
+                finally:
+                    self._renew_lock.release()
             if self._session_engine is not None:
                 self._session_engine.dispose()
 

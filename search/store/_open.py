@@ -65,7 +65,7 @@ def _engine_kwargs(url: str) -> dict:
         return {"connect_args": {"timeout": 60}}
     # A driver writes from its main thread only (its lease beats on a connection of its own):
     # one pooled connection; Optuna's start-up briefly uses a second, closed when returned.
-    return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 2}
+    return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1}
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
