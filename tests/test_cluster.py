@@ -376,7 +376,7 @@ def _alive_trial_actors() -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
-def test_a_killed_driver_leaves_no_actor_and_a_driver_on_another_host_takes_over_at_once(
+def test_a_killed_driver_leaves_no_actor_and_a_driver_elsewhere_takes_over_early(
     tmp_path: Path, study_name: str
 ) -> None:
     """The drivers join the session's Ray as an external cluster and share a PostgreSQL

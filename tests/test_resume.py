@@ -413,7 +413,7 @@ time.sleep(600)
 
 
 @pytest.mark.slow
-def test_a_holder_whose_database_session_ended_is_taken_over_at_once(study_name: str) -> None:
+def test_a_holder_whose_database_session_ended_is_taken_over_in_two_beats(study_name: str) -> None:
     """PostgreSQL: a holder on another host (its pid means nothing here) keeps its lease
     while its process lives; once it is killed, its session's advisory lock is gone and the
     next driver takes over two beats after its last one (2 s of its 6 s timeout), not after
