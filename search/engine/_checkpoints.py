@@ -47,6 +47,10 @@ class CheckpointPolicy:
         self.root = _normal(root)
         self.keep = keep
         self.keep_all = keep_all
+        # The best ``keep`` COMPLETE trials whose checkpoints are this study's, as (rank key,
+        # folder), best first: ranked once from the whole study, then updated one trial at a
+        # time (re-ranking every trial at every trial's end cost 127 ms a trial at 10,000).
+        self._best: list[tuple[tuple[float, int], str]] | None = None
 
     def _owned(self, folder: str | None) -> str | None:
         if not folder:
@@ -84,16 +88,33 @@ class CheckpointPolicy:
                 delete_files(owned, (PREVIOUS_NAME,))
             except OSError as error:
                 logger.warning("could not delete %s's %s: %s", owned, PREVIOUS_NAME, error)
-        self._keep_best([t for t in trials if t.state == TrialState.COMPLETE])
+        if self._best is None:
+            candidates = [t for t in trials if t.state == TrialState.COMPLETE]
+            self._best = []
+        else:
+            candidates = [trial]
+        self._keep_best(candidates)
 
-    def _keep_best(self, complete: list[FrozenTrial]) -> None:
+    def _rank(self, trial: FrozenTrial) -> tuple[float, int] | None:
+        """Sorts best first (ties: the earlier trial); None for a trial not ranked: no value,
+        or a checkpoint that is not this study's (a fork's copy)."""
+        if trial.value is None or not self._owned(trial.user_attrs.get(Attr.CHECKPOINT)):
+            return None
         maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        # Ranked among the trials whose checkpoints are this study's (not a fork's copies).
-        own = [t for t in complete if self._owned(t.user_attrs.get(Attr.CHECKPOINT))]
-        ranked = sorted((t for t in own if t.value is not None), key=lambda t: t.value,
-                        reverse=maximize)  # fmt: skip
-        for trial in ranked[self.keep :]:
-            self._remove(trial.user_attrs[Attr.CHECKPOINT])
+        return (-trial.value if maximize else trial.value, trial.number)
+
+    def _keep_best(self, candidates: list[FrozenTrial]) -> None:
+        """Add COMPLETE trials to the ranking and delete the checkpoints that fall below it."""
+        assert self._best is not None
+        ranked = {number for (_, number), _ in self._best}
+        for trial in candidates:
+            rank = self._rank(trial)
+            if rank is not None and trial.number not in ranked:  # told twice: ranked once
+                self._best.append((rank, trial.user_attrs[Attr.CHECKPOINT]))
+        self._best.sort()
+        for _, folder in self._best[self.keep :]:
+            self._remove(folder)
+        del self._best[self.keep :]
 
 
 def _path_part(location: str) -> str:
