@@ -314,3 +314,39 @@ def test_evaluate_refuses_what_it_cannot_evaluate(
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--study", "bare", "--storage", storage, "--seeds", "0"])
     assert exit_.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_refit_on_train_and_val_through_the_engine(
+    tmp_path: Path, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--refit train+val`` end to end: the trials receive the training and validation
+    images as one training set, report no validation epochs (ASHA and the searcher wait for
+    the one test result), and finish COMPLETE with the test metric as their value."""
+    import search.engine._run as engine_run
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    _search(study_name, storage, tmp_path, n_trials=2)
+    shipped: list[tuple[int, int, int]] = []
+    with_parameters = engine_run.tune.with_parameters
+
+    def spy(trainable: Any, **kwargs: Any) -> Any:
+        data = kwargs["data"]
+        shipped.append((len(data.train_labels), len(data.val_labels), len(data.test_labels)))
+        return with_parameters(trainable, **kwargs)
+
+    monkeypatch.setattr(engine_run.tune, "with_parameters", spy)
+    result = run_evaluation(study_name, storage, top=1, seeds=2, refit="train+val")
+    digits = load_digits()
+    assert shipped == [
+        (len(digits.train_labels) + len(digits.val_labels), 0, len(digits.test_labels))
+    ]
+    evaluation = db.load(storage, f"{study_name}-evaluation")
+    assert evaluation.user_attrs[StudyAttr.EVALUATION]["refit"] == "train+val"
+    complete = evaluation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == 2 and len(evaluation.trials) == 2
+    for trial in complete:
+        assert list(trial.intermediate_values) == [2]  # no validation epoch, the test at 2
+        assert trial.value == trial.intermediate_values[2] and 0.0 <= trial.value <= 1.0
+        assert trial.user_attrs[Attr.TEST_IMAGES] == len(digits.test_labels)
+    assert result.rows[0].n == 2
