@@ -240,15 +240,29 @@ def _search_study(storage: str, name: str, best: dict[str, Any]) -> None:
     study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"config": best}))
 
 
-def test_a_target_from_a_search_study_groups_by_its_space(tmp_path: Path) -> None:
+# The search's best trial and a written-out baseline that differs in optimizer, momentum, lr.
+_SEARCH_BEST = {
+    "depth": 8, "width": 0.25, "batch_size": 64, "device": "cpu", "epochs": 8,
+    "optimizer": "sgd", "momentum": 0.95, "lr": 0.05, "augmentation": "none",
+}  # fmt: skip
+_PLAIN_BASELINE = {
+    "depth": 8, "width": 0.25, "batch_size": 64, "device": "cpu",
+    "optimizer": "adam", "lr": 0.01, "augmentation": "none",
+}  # fmt: skip
+
+
+def _target_from_search(tmp_path: Path) -> tuple[str, AblationConfig]:
+    """A search study whose best is _SEARCH_BEST, and a path from _PLAIN_BASELINE to it."""
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    best = {"depth": 8, "width": 0.25, "batch_size": 64, "device": "cpu", "epochs": 8,
-            "optimizer": "sgd", "momentum": 0.95, "lr": 0.05, "augmentation": "none"}  # fmt: skip
-    _search_study(storage, "search", best)
-    baseline = {"depth": 8, "width": 0.25, "batch_size": 64, "device": "cpu",
-                "optimizer": "adam", "lr": 0.01, "augmentation": "none"}  # fmt: skip
-    config = _config("p", storage, tmp_path, baseline=baseline,
+    _search_study(storage, "search", _SEARCH_BEST)
+    config = _config("p", storage, tmp_path, baseline=_PLAIN_BASELINE,
                      target={"from": "study:search"})  # fmt: skip
+    return storage, config
+
+
+def test_a_target_from_a_search_study_groups_by_its_space(tmp_path: Path) -> None:
+    storage, config = _target_from_search(tmp_path)
+    baseline = _PLAIN_BASELINE
     queue = resolve_path(config)
     assert queue.design.groups == (("optimizer", "momentum"), ("lr",))
     assert queue.target["lr"] == 0.05 and "epochs" not in queue.target
@@ -437,3 +451,41 @@ def test_a_step_whose_candidates_all_fail_stops_the_path_and_run_exits_1(
     assert "path stopped at step 1" in err and "did not reach the target" in err
     reasons = sorted(t.user_attrs["stop_reason"] for t in db.load(storage, study_name).trials)
     assert reasons == ["completed", "nan@epoch 1"]  # the baseline ran; the candidate failed
+
+
+def test_a_source_that_found_a_new_best_does_not_change_a_started_ablation(
+    tmp_path: Path,
+) -> None:
+    """``target: {from: study:search}``: the record keeps what it resolved to, so running the
+    same file again continues that plan (with a note) after the search found a new best;
+    without the record the new best would be a changed plan, refused; a changed section is
+    resolved anew."""
+    from search.ablation._queue import SourcePins
+    from search.errors import IncompatibleStudyError
+
+    storage, config = _target_from_search(tmp_path)
+    best, baseline = _SEARCH_BEST, _PLAIN_BASELINE
+    first = resolve_path(config)
+    assert first.record()["sources"]["target"]["trial"] == 1
+    ablation = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    ablation.set_user_attr("ablation", first.record())  # as the first round leaves it
+
+    search = optuna.load_study(study_name="search", storage=storage)
+    search.add_trial(
+        optuna.trial.create_trial(value=0.95, user_attrs={"config": {**best, "lr": 0.1}})
+    )
+    pins = SourcePins.of_study(ablation)
+    again = resolve_path(config, pins)
+    assert again.target == first.target and again.record() == first.record()
+    again.check(ablation)  # the same plan: no refusal
+    assert pins.notes == [
+        "target: study:search's trial #1, its best when this ablation started; its best is "
+        "now #2 (--fork NEW_NAME ablates from that)"
+    ]
+    anew = resolve_path(config)  # what the study's record prevents
+    assert anew.target["lr"] == 0.1
+    with pytest.raises(IncompatibleStudyError, match="another plan"):
+        anew.check(ablation)
+    changed = _config("p", storage, tmp_path, baseline=baseline,
+                      target={"from": "study:search", "lr": 0.02})  # fmt: skip
+    assert resolve_path(changed, SourcePins.of_study(ablation)).target["lr"] == 0.02

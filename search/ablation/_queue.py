@@ -27,19 +27,59 @@ from search.keys import RETRYABLE_REASONS, STUDY_PREFIX, Attr, StudyAttr
 from search.store import check_same_split, load_study_readonly
 
 
-def resolve_baseline(config: AblationConfig) -> dict[str, Any]:
-    """The baseline written out, or the best trial's settings of ``from: study:NAME``."""
+@dataclass
+class SourcePins:
+    """What each ``from: study:NAME`` resolved to: the ablation's record keeps it, so that
+    running the same file again continues the ablation it started, even after that search
+    found a new best meanwhile (resolving anew would be a changed plan, refused). A section
+    written differently from the record is resolved anew (and then refused as a changed
+    plan, as any change is)."""
+
+    pinned: dict[str, Any] = field(default_factory=dict)  # from the study's record
+    resolved: dict[str, Any] = field(default_factory=dict)  # section -> spec, trial, settings
+    notes: list[str] = field(default_factory=list)  # a pin the search's best has moved past
+
+    @classmethod
+    def of_study(cls, study: optuna.Study | None) -> SourcePins:
+        record = study.user_attrs.get(StudyAttr.ABLATION) if study is not None else None
+        return cls(pinned=dict((record or {}).get("sources") or {}))
+
+    def settings(self, config: AblationConfig, section: str, spec: dict[str, Any]) -> dict:
+        source = spec[FROM_KEY]
+        written = json.loads(json.dumps(spec))  # as the record stores it
+        best = _best_trial(config, section, source)
+        pin = self.pinned.get(section)
+        if pin is not None and pin.get("spec") == written:
+            entry = pin
+            if pin["trial"] != best.number:
+                self.notes.append(
+                    f"{section}: {source}'s trial #{pin['trial']}, its best when this ablation "
+                    f"started; its best is now #{best.number} (--fork NEW_NAME ablates from "
+                    "that)"
+                )
+        else:
+            entry = {"spec": written, "trial": best.number, "settings": _settings_of(best)}
+        self.resolved[section] = entry
+        return dict(entry["settings"])
+
+
+def resolve_baseline(config: AblationConfig, pins: SourcePins | None = None) -> dict[str, Any]:
+    """The baseline written out, or the best trial's settings of ``from: study:NAME``
+    (as ``pins`` recorded it when the ablation started, if they did)."""
+    pins = pins if pins is not None else SourcePins()
     overrides = {k: v for k, v in config.baseline.items() if k != FROM_KEY}
     source = config.baseline.get(FROM_KEY)
     if source is None:
         return with_factor_defaults(config, overrides)
-    settings = _best_settings(config, "baseline", source)
+    settings = pins.settings(config, "baseline", config.baseline)
     baseline = with_factor_defaults(config, {**settings, **overrides})
     check_arms(config, baseline)
     return baseline
 
 
-def resolve_target(config: AblationConfig, baseline: dict[str, Any]) -> dict[str, Any]:
+def resolve_target(
+    config: AblationConfig, baseline: dict[str, Any], pins: SourcePins | None = None
+) -> dict[str, Any]:
     """design: path's target. Written out, it is the baseline with the settings it names
     changed (a partial target never changes settings it does not mention); ``from:
     study:NAME`` is that trial's whole configuration (a setting it does not set trained
@@ -50,18 +90,22 @@ def resolve_target(config: AblationConfig, baseline: dict[str, Any]) -> dict[str
     if source is None:
         # The written settings first: their order is the order of the path's groups.
         return {**overrides, **{k: v for k, v in baseline.items() if k not in overrides}}
-    return {**_best_settings(config, "target", source), **overrides}
+    pins = pins if pins is not None else SourcePins()
+    return {**pins.settings(config, "target", target), **overrides}
 
 
-def _best_settings(config: AblationConfig, section: str, source: str) -> dict[str, Any]:
+def _best_trial(config: AblationConfig, section: str, source: str) -> FrozenTrial:
     study = load_study_readonly(source[len(STUDY_PREFIX) :], config.storage)
     # Settings chosen on another split's validation images would be judged on images they
     # were chosen with (or trained on).
     check_same_split(f"{section}.from", source, study, config.dataset.model_dump())
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UserError(f"{section}.from: {source} has no COMPLETE trial yet")
-    best = study.best_trial
-    settings = dict(best.user_attrs.get(Attr.CONFIG) or best.params)
+    return study.best_trial
+
+
+def _settings_of(trial: FrozenTrial) -> dict[str, Any]:
+    settings = dict(trial.user_attrs.get(Attr.CONFIG) or trial.params)
     settings.pop("epochs", None)
     return settings
 
@@ -116,6 +160,7 @@ class AblationPlan:
     baseline: dict[str, Any]
     arms: list[Arm]
     seeds: dict[str, list[int]] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)  # SourcePins.resolved
 
     def __post_init__(self) -> None:
         for arm in self.arms:
@@ -134,6 +179,7 @@ class AblationPlan:
             "baseline": self.baseline,
             "factors": self.config.factors,
             "epochs": self.config.epochs,
+            "sources": self.sources,
         }
 
     def check(self, study: optuna.Study) -> None:
@@ -202,6 +248,7 @@ class PathQueue:
     design: PathDesign
     ran: str  # GREEDY or FALLBACK: the design that actually runs
     arms: list[Arm] = field(default_factory=list)
+    sources: dict[str, Any] = field(default_factory=dict)  # SourcePins.resolved
 
     def __post_init__(self) -> None:
         self.set_arms(self.arms or [self.design.arm(())])
@@ -225,6 +272,7 @@ class PathQueue:
             "path": self.design.record(),
             "epochs": self.config.epochs,
             "seeds": seeds_for(self.config),
+            "sources": self.sources,
         }
 
     def check(self, study: optuna.Study) -> None:
@@ -252,11 +300,12 @@ class PathQueue:
 PATH_COMPARED = ("design", "ran", "baseline", "target", "groups", "epochs", "seeds")
 
 
-def resolve_path(config: AblationConfig) -> PathQueue:
+def resolve_path(config: AblationConfig, pins: SourcePins | None = None) -> PathQueue:
     """The resolved baseline and target, their differing settings in groups, and which
     design runs (greedy, or the fallback above max_arms); checked before anything runs."""
-    baseline = resolve_baseline(config)
-    target = resolve_target(config, baseline)
+    pins = pins if pins is not None else SourcePins()
+    baseline = resolve_baseline(config, pins)
+    target = resolve_target(config, baseline, pins)
     maximize = config.objective.resolved_direction == "maximize"
     design = plan_path(baseline, target, space_parents(config), config.together or [], maximize)
     check_path_arms(config, baseline, design)
@@ -265,4 +314,4 @@ def resolve_path(config: AblationConfig) -> PathQueue:
     ran = GREEDY
     if config.max_arms is not None and design.greedy_arm_count > config.max_arms:
         ran = FALLBACK
-    return PathQueue(config, full_baseline, full_target, design, ran)
+    return PathQueue(config, full_baseline, full_target, design, ran, sources=pins.resolved)

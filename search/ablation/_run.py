@@ -23,7 +23,13 @@ from search.ablation._design import (
     seeds_for,
 )
 from search.ablation._path import FALLBACK, PathWalk, describe_path, path_steps, study_walk
-from search.ablation._queue import AblationPlan, PathQueue, resolve_baseline, resolve_path
+from search.ablation._queue import (
+    AblationPlan,
+    PathQueue,
+    SourcePins,
+    resolve_baseline,
+    resolve_path,
+)
 from search.ablation._table import path_to_markdown
 from search.config import StudyConfig
 from search.engine import Fault, run_study
@@ -45,9 +51,12 @@ def run_ablation(
     if config.design == PATH:
         return run_path(config, stream, faults, fork)
     assert config.factors is not None  # validate_ablation: every other design has factors
-    baseline = resolve_baseline(config)
+    pins = _pins(config, fork)
+    baseline = resolve_baseline(config, pins)
+    for note in pins.notes:
+        stream.write(note + "\n")
     arms = plan_arms(baseline, config.factors, config.design)
-    plan = AblationPlan(config, baseline, arms)
+    plan = AblationPlan(config, baseline, arms, sources=pins.resolved)
     engine = engine_config(config, baseline, arms)
     stream.write(
         f"ablation {config.name!r}: {len(arms)} arms ({config.design}) x {config.seeds} seeds, "
@@ -91,7 +100,10 @@ def run_path(
     the fallback's arms, in one round). ``max_rounds`` (tests and drills) stops after that
     many rounds, as an interrupted run would; running the file again continues."""
     stream = stream or sys.stdout
-    queue = resolve_path(config)
+    pins = _pins(config, fork)
+    queue = resolve_path(config, pins)
+    for note in pins.notes:
+        stream.write(note + "\n")
     engine = path_engine_config(config, queue)
     _, line = describe_path(queue.design, config.max_arms, config.seeds)
     stream.write(f"ablation {config.name!r}: {line}\n")
@@ -133,6 +145,12 @@ def run_path(
     return AblationResult(
         rows, summary.gave_up, name, summary.interrupted, path=steps, path_note=note
     )
+
+
+def _pins(config: AblationConfig, fork: str | None) -> SourcePins:
+    """What ``from: study:NAME`` resolved to when this ablation started (none for a fork:
+    a new plan resolves anew)."""
+    return SourcePins.of_study(None if fork else _existing(config.name, config.storage))
 
 
 def _existing(name: str, storage: str) -> optuna.Study | None:
