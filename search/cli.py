@@ -224,6 +224,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from search.report.bench import main as report_bench
 
         return report_bench(args.bench_args[1:])
+    if args.bench_args[:1] == ["retention"]:
+        from search.engine.retention_bench import main as retention_bench
+
+        return retention_bench(args.bench_args[1:])
     if args.bench_args[:1] == ["overhead"]:
         from search.engine.bench import main as overhead_bench
 
@@ -397,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks: 'bench trainer' = training images/s, ours vs the seeds' pipeline; "
         "'bench report --trials N' = the read side on a synthetic study of N trials; "
-        "'bench overhead' = the driver's own cost per trial against Optuna and stock Tune",
+        "'bench overhead' = the driver's own cost per trial against Optuna and stock Tune; "
+        "'bench retention --trials N' = checkpoint retention per trial end on N trials",
         add_help=False,
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -80,3 +80,17 @@ def test_bench_overhead_runs_the_systems_asked_for(
         main([*argv, "--systems", "ours,tune"])
     assert exit_info.value.code == 2
     assert "--systems: unknown tune" in capsys.readouterr().err
+
+
+def test_bench_retention_tells_trial_ends_on_a_synthetic_study(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "retention", "--trials", "200", "--ends", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trials"] == 200 and result["ends"] == 5
+    assert result["first_end_s"] > 0 and result["end_ms"] > 0
+    assert main(["bench", "retention", "--trials", "200", "--ends", "2"]) == 0
+    assert "200 trials: the first trial end (ranks the whole study)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "retention", "--ends", "0"])
+    assert exit_info.value.code == 2

@@ -293,6 +293,7 @@ class _Proxy:
         self.port = self.listener.getsockname()[1]
         self.sockets: list = []
         self.cut = threading.Event()
+        self._lock = threading.Lock()  # a connection is relayed whole, or not after the cut
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -304,11 +305,12 @@ class _Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if self.cut.is_set():  # accepted as the cut happened: the network is down
-                client.close()
-                return
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets += [client, server]
+            with self._lock:
+                if self.cut.is_set():  # accepted as the cut happened: the network is down
+                    client.close()
+                    return
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+                self.sockets += [client, server]
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
@@ -323,7 +325,8 @@ class _Proxy:
     def cut_off(self) -> None:
         import socket
 
-        self.cut.set()
+        with self._lock:
+            self.cut.set()
         # shutdown wakes the accept() blocked in the relay's thread; close alone leaves it
         # listening, and the next connection would still get through.
         with contextlib.suppress(OSError):

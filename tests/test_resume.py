@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -402,6 +403,27 @@ def test_stale_lease_rules(tmp_path: Path, storage_url: str, study_name: str) ->
         connection.execute(sa.delete(leases).where(leases.c.study_name == study_name))
 
 
+def _postgres_engine() -> sqlalchemy.Engine:
+    """The test PostgreSQL database's engine (the test is skipped without a server)."""
+    from tests.conftest import postgres_url
+
+    url = postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server")
+    return db.storage(url).engine
+
+
+def _end_lease_session(engine: sqlalchemy.Engine, lease: Any) -> int:
+    """End the lease's own database session from the server side, as a restart or
+    pg_terminate_backend would; returns that session's backend pid."""
+    with lease._renew_lock:  # the heartbeat thread uses the same connection
+        assert lease._session is not None
+        backend = lease._session.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar_one()
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    return backend
+
+
 HOLD_LEASE = """
 import sys, time
 from search.store._lease import DriverLease
@@ -425,12 +447,9 @@ def test_a_holder_whose_database_session_ended_is_taken_over_in_two_beats(study_
 
     from search.store import DriverLease, LeaseHeldError
     from search.store._schema import leases
-    from tests.conftest import postgres_url
 
-    url = postgres_url()
-    if url is None:
-        pytest.skip("no PostgreSQL server")
-    engine = db.storage(url).engine
+    engine = _postgres_engine()
+    url = engine.url.render_as_string(hide_password=False)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, url, study_name],
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -485,12 +504,8 @@ def test_an_ended_session_is_taken_over_only_after_two_beats(study_name: str) ->
 
     from search.store import DriverLease, LeaseHeldError
     from search.store._schema import leases
-    from tests.conftest import postgres_url
 
-    url = postgres_url()
-    if url is None:
-        pytest.skip("no PostgreSQL server")
-    engine = db.storage(url).engine
+    engine = _postgres_engine()
 
     def plant(silent_s: float) -> None:
         row = {
@@ -527,19 +542,11 @@ def test_a_holder_whose_session_was_cut_reconnects_and_keeps_its_lease(study_nam
     import sqlalchemy as sa
 
     from search.store import DriverLease, LeaseHeldError
-    from tests.conftest import postgres_url
 
-    url = postgres_url()
-    if url is None:
-        pytest.skip("no PostgreSQL server")
-    engine = db.storage(url).engine
+    engine = _postgres_engine()
     lease = DriverLease(engine, study_name, timeout_s=60, heartbeat_every_s=0.2).acquire()
     try:
-        with lease._renew_lock:
-            assert lease._session is not None
-            backend = lease._session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        with engine.begin() as connection:
-            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        backend = _end_lease_session(engine, lease)
         assert lease.session_lock is not None
         holder_of_the_lock = sa.text(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -556,6 +563,33 @@ def test_a_holder_whose_session_was_cut_reconnects_and_keeps_its_lease(study_nam
         assert not lease.lost.is_set() and lease.still_held()
         with pytest.raises(LeaseHeldError):
             DriverLease(engine, study_name, timeout_s=60).acquire()
+    finally:
+        lease.release()
+
+
+@pytest.mark.slow
+def test_a_failed_renewal_ends_the_trust_in_the_lease(study_name: str) -> None:
+    """Its session gone, the holder's next renewal fails and it stops trusting its lease at
+    once: the next write asks first (reconnecting, with the same lock). A PostgreSQL lease
+    is trusted for a quarter of the timeout, under the newcomer's two-beat grace."""
+    import math
+
+    import sqlalchemy as sa
+
+    from search.store import DriverLease
+
+    engine = _postgres_engine()
+    lease = DriverLease(engine, study_name, timeout_s=60, heartbeat_every_s=600).acquire()
+    try:
+        assert lease.heartbeat_every_s == 10  # never slower than timeout / 6
+        assert lease.trusted_for_s() == 15
+        _end_lease_session(engine, lease)
+        time.sleep(0.5)
+        with pytest.raises(sa.exc.OperationalError):
+            lease._renew()  # what the next beat does
+        assert lease._confirmed_at == -math.inf and not lease.lost.is_set()
+        assert lease.still_held()  # asks: a new session, the same lock, our row
+        assert lease._locked and lease._confirmed_at > -math.inf
     finally:
         lease.release()
 

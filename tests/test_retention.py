@@ -71,3 +71,34 @@ def test_a_policy_started_on_a_finished_study_ranks_it_whole(tmp_path: Path) -> 
     policy.trial_ended(new, TrialState.COMPLETE, "completed")
     assert _kept(root) == {"old_1", "new"}
     assert (tmp_path / "source" / "copy" / CHECKPOINT_NAME).exists()
+
+
+def test_a_missed_end_and_a_failed_deletion_are_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMPLETE trial whose end was never applied (the write failed) is ranked at the next
+    trial's end; a deletion that failed is tried again then."""
+    import search.engine._checkpoints as checkpoints
+
+    study = optuna.create_study(direction="maximize")
+    root = tmp_path / "study"
+    policy = CheckpointPolicy(study, root, keep=1)
+    first = _trial(study, root / "first", 0.5, TrialState.COMPLETE)
+    policy.trial_ended(first, TrialState.COMPLETE, "completed")
+    _trial(study, root / "missed", 0.1, TrialState.COMPLETE)  # its end never reached the policy
+    real_delete = checkpoints.delete_folder
+    refused: list[str] = []
+
+    def flaky(location: str) -> None:
+        if not refused:  # the first deletion fails, as a busy object store might
+            refused.append(location)
+            raise OSError("service unavailable")
+        real_delete(location)
+
+    monkeypatch.setattr(checkpoints, "delete_folder", flaky)
+    better = _trial(study, root / "better", 0.9, TrialState.COMPLETE)
+    policy.trial_ended(better, TrialState.COMPLETE, "completed")
+    assert len(refused) == 1 and len(_kept(root)) == 2  # one deletion failed, one went
+    later = _trial(study, root / "later", 0.2, TrialState.COMPLETE)
+    policy.trial_ended(later, TrialState.COMPLETE, "completed")
+    assert _kept(root) == {"better"}

@@ -48,9 +48,14 @@ class CheckpointPolicy:
         self.keep = keep
         self.keep_all = keep_all
         # The best ``keep`` COMPLETE trials whose checkpoints are this study's, as (rank key,
-        # folder), best first: ranked once from the whole study, then updated one trial at a
-        # time (re-ranking every trial at every trial's end cost 127 ms a trial at 10,000).
-        self._best: list[tuple[tuple[float, int], str]] | None = None
+        # folder), best first. Each COMPLETE trial is judged once (``_judged``), at the first
+        # trial end after it finished; re-ranking every trial at every trial's end cost
+        # 127 ms a trial at 10,000. A trial end that failed midway leaves its trials unjudged
+        # (the next end judges them), and a deletion that failed is tried again
+        # (``_undeleted``): the policy catches up as the old full re-ranking did.
+        self._best: list[tuple[tuple[float, int], str]] = []
+        self._judged: set[int] = set()
+        self._undeleted: list[str] = []
 
     def _owned(self, folder: str | None) -> str | None:
         if not folder:
@@ -60,13 +65,17 @@ class CheckpointPolicy:
         same_place = _place(location) == _place(self.root)
         return location if inside and same_place else None
 
-    def _remove(self, folder: str | None) -> None:
+    def _remove(self, folder: str | None) -> bool:
+        """Delete ``folder`` if it is this study's; False if that failed (logged: retention
+        never fails a run)."""
         location = self._owned(folder)
         if location is not None:
             try:
                 delete_folder(location)
-            except OSError as error:  # retention never fails a run
+            except OSError as error:
                 logger.warning("could not delete checkpoints at %s: %s", location, error)
+                return False
+        return True
 
     def trial_ended(self, number: int, state: TrialState, reason: str) -> None:
         """Apply the policy after trial ``number`` ended as ``state`` (``reason``)."""
@@ -88,12 +97,9 @@ class CheckpointPolicy:
                 delete_files(owned, (PREVIOUS_NAME,))
             except OSError as error:
                 logger.warning("could not delete %s's %s: %s", owned, PREVIOUS_NAME, error)
-        if self._best is None:
-            candidates = [t for t in trials if t.state == TrialState.COMPLETE]
-            self._best = []
-        else:
-            candidates = [trial]
-        self._keep_best(candidates)
+        self._keep_best(
+            [t for t in trials if t.state == TrialState.COMPLETE and t.number not in self._judged]
+        )
 
     def _rank(self, trial: FrozenTrial) -> tuple[float, int] | None:
         """Sorts best first (ties: the earlier trial); None for a trial not ranked: no value,
@@ -103,18 +109,20 @@ class CheckpointPolicy:
         maximize = self.study.direction == optuna.study.StudyDirection.MAXIMIZE
         return (-trial.value if maximize else trial.value, trial.number)
 
-    def _keep_best(self, candidates: list[FrozenTrial]) -> None:
-        """Add COMPLETE trials to the ranking and delete the checkpoints that fall below it."""
-        assert self._best is not None
-        ranked = {number for (_, number), _ in self._best}
-        for trial in candidates:
+    def _keep_best(self, unjudged: list[FrozenTrial]) -> None:
+        """Rank the COMPLETE trials not judged yet and delete the checkpoints that fall below
+        the best ``keep`` (and those whose deletion failed before)."""
+        entries = []
+        for trial in unjudged:  # all ranked before anything changes: a failure changes nothing
             rank = self._rank(trial)
-            if rank is not None and trial.number not in ranked:  # told twice: ranked once
-                self._best.append((rank, trial.user_attrs[Attr.CHECKPOINT]))
-        self._best.sort()
-        for _, folder in self._best[self.keep :]:
-            self._remove(folder)
-        del self._best[self.keep :]
+            if rank is not None:
+                entries.append((rank, trial.user_attrs[Attr.CHECKPOINT]))
+        self._judged.update(trial.number for trial in unjudged)
+        ranking = sorted(self._best + entries)
+        self._best = ranking[: self.keep]
+        dropped = [folder for _, folder in ranking[self.keep :]]
+        retry = self._undeleted + dropped
+        self._undeleted = [folder for folder in retry if not self._remove(folder)]
 
 
 def _path_part(location: str) -> str:

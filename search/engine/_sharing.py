@@ -58,9 +58,10 @@ def _asks_for(group: dict[str, Any], kinds: frozenset[str]) -> bool:
     )
 
 
-def cluster_demand(
-    own_job: str, kinds: frozenset[str] = frozenset({"CPU", "GPU"})
-) -> ClusterDemand:
+ALL_KINDS = frozenset({"CPU", "GPU"})
+
+
+def cluster_demand(own_job: str, kinds: frozenset[str] = ALL_KINDS) -> ClusterDemand:
     """Other jobs' placement groups: ``waiting`` counts those that wait for a resource kind in
     ``kinds`` (what this driver's trials hold, so what it can give back)."""
     waiting: set[str] = set()
@@ -83,7 +84,7 @@ class ClusterShare:
         self,
         capacity: int,
         check_every_s: float = CHECK_EVERY_S,
-        kinds: frozenset[str] = frozenset({"CPU"}),
+        kinds: frozenset[str] = ALL_KINDS,
         demand: Callable[[str, frozenset[str]], ClusterDemand] = cluster_demand,
         own_job: str | None = None,
     ) -> None:
@@ -96,7 +97,7 @@ class ClusterShare:
         self._job = own_job  # this driver's Ray job id, read when first needed
         self.actors_given_back = 0  # finished trials' actors returned to the cluster
         self.smallest_share = capacity  # the fewest trials at a time it ever held to
-        self._warned = False
+        self._warned: set[str] = set()  # what was warned about: once per kind of trouble
 
     def share(self) -> int:
         now = time.monotonic()
@@ -107,7 +108,7 @@ class ClusterShare:
                     self._job = ray.get_runtime_context().get_job_id()
                 demand = self._demand(self._job, self.kinds)
             except Exception as error:  # a busy head must not end the run: run as alone
-                self._warn_once(f"could not read the cluster's placement groups: {error}")
+                self._warn_once("read", f"could not read the cluster's placement groups: {error}")
                 demand = ClusterDemand()
             self._share = self.capacity
             if demand.waiting:
@@ -116,9 +117,9 @@ class ClusterShare:
             self.smallest_share = min(self.smallest_share, self._share)
         return self._share
 
-    def _warn_once(self, message: str) -> None:
-        if not self._warned:
-            self._warned = True
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
             logger.warning(message)
 
     def may_start(self, under_way: int) -> bool:
@@ -129,8 +130,9 @@ class ClusterShare:
         switch (``_reuse_actors``, read at each decision; Ray has no public hook for it)."""
         if not hasattr(tune_controller, "_reuse_actors"):  # another Ray: it keeps its choice
             self._warn_once(
+                "switch",
                 "this Ray Tune has no _reuse_actors switch; finished trials' actors are kept "
-                "even while other jobs wait"
+                "even while other jobs wait",
             )
             return
         still_live = len(tune_controller.get_live_trials()) - 1  # the finished one counts

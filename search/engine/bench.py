@@ -233,12 +233,15 @@ def _line(result: Throughput) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="resnet-hpo bench overhead",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def bench_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A bench command's parser: its module docstring is its help, as written."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser("resnet-hpo bench overhead", __doc__)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=8)

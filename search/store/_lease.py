@@ -22,10 +22,12 @@ re-running right after a crash just works:
   shares sessions between clients).
 
 A holder trusts its lease without asking the database only for half the timeout after its
-last successful renewal; past that (it was paused, or its heartbeat thread was starved), the
-next write first renews the lease, and a renewal that finds another owner means the lease
-is lost: the driver writes nothing more. A driver paused between that check and a write
-could still write once; the check narrows that window to one database write.
+last successful renewal (on PostgreSQL a quarter: under the two beats' grace above, so a
+holder that was paused while its session ended asks before it writes); past that (it was
+paused, or its heartbeat thread was starved), the next write first renews the lease, and a
+renewal that finds another owner means the lease is lost: the driver writes nothing more.
+A driver paused between that check and a write could still write once; the check narrows
+that window to one database write.
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ BEATS_PER_TIMEOUT = 6
 # Beats a holder whose session ended has been silent before a newcomer takes over: by then its
 # own failed beat has made it stop trusting the lease.
 SESSION_GRACE_BEATS = 2
-# The lease's own PostgreSQL connection: fail fast on a dead network instead of hanging a beat.
+# The lease's own PostgreSQL connection: fail fast on a dead network (unanswered sends too:
+# tcp_user_timeout, ms) or a row lock that is not let go, instead of hanging a beat.
 _LIBPQ_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
-                   "keepalives_interval": 5, "keepalives_count": 3}  # fmt: skip
+                   "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30000,
+                   "options": "-c statement_timeout=20000 -c lock_timeout=20000"}  # fmt: skip
 
 
 class LeaseHeldError(UserError):
@@ -144,19 +148,18 @@ def stale_because(holder: LeaseHolder, now: float, timeout_s: float) -> str | No
 
 
 _TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(:key)")
-_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
+# The newcomer's probe: a transaction-level lock, let go when its transaction ends whatever
+# happens in between (a session-level one would outlive a rollback on a pooled connection).
+_PROBE_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
 
 
 def _session_ended(connection: sa.Connection, holder: LeaseHolder) -> bool:
     """PostgreSQL: the holder's advisory lock is free, so the session that held it for the
     holder's whole life has ended (the holder died or lost its connection). The probe's lock
-    is let go at once."""
+    goes with the acquiring transaction."""
     if holder.session_lock is None or connection.dialect.name != "postgresql":
         return False
-    taken = bool(connection.execute(_TRY_LOCK, {"key": holder.session_lock}).scalar_one())
-    if taken:
-        connection.execute(_UNLOCK, {"key": holder.session_lock})
-    return taken
+    return bool(connection.execute(_PROBE_LOCK, {"key": holder.session_lock}).scalar_one())
 
 
 class DriverLease:
@@ -172,7 +175,9 @@ class DriverLease:
         self.engine = engine
         self.study_name = study_name
         self.timeout_s = timeout_s
-        self.heartbeat_every_s = heartbeat_every_s or timeout_s / BEATS_PER_TIMEOUT
+        # Never slower than timeout / 6: a newcomer's grace after an ended session assumes it.
+        beat = timeout_s / BEATS_PER_TIMEOUT
+        self.heartbeat_every_s = min(heartbeat_every_s or beat, beat)
         self.owner = uuid.uuid4().hex
         self.took_over: LeaseHolder | None = None
         self.took_over_because: str | None = None
@@ -304,6 +309,8 @@ class DriverLease:
             else:
                 renewed = self._renew_in_session(renew)
             if renewed == 0:
+                if self._stop.is_set():
+                    return False  # released meanwhile: our own row is gone, nobody took it
                 self.lost.set()
                 logger.info("lost the lease of %s to another driver", self.study_name)
                 return False
@@ -333,12 +340,20 @@ class DriverLease:
             self._close_session()
             raise
 
+    def trusted_for_s(self) -> float:
+        """How long a renewal is trusted without asking again: half the timeout; on
+        PostgreSQL a quarter, under the two beats after which a newcomer may take over from
+        an ended session, whatever the heartbeat thread does (paused, starved, dead)."""
+        if self.session_lock is not None:
+            return (SESSION_GRACE_BEATS - 0.5) * self.timeout_s / BEATS_PER_TIMEOUT
+        return self.timeout_s / 2
+
     def still_held(self) -> bool:
-        """Whether this driver may still write: trusted for half the timeout after the last
-        renewal, renewed (one database round trip) past that."""
+        """Whether this driver may still write: trusted for :meth:`trusted_for_s` after the
+        last renewal, renewed (one database round trip) past that."""
         if self.lost.is_set():
             return False
-        if _clock() - self._confirmed_at < self.timeout_s / 2:
+        if _clock() - self._confirmed_at < self.trusted_for_s():
             return True
         return self._renew()
 

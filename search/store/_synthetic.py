@@ -32,11 +32,20 @@ PARAMS = {
 }
 
 
+# Where the synthetic trials' checkpoint attributes point (no file is written there).
+CHECKPOINT_ROOT = "runs/checkpoints/bench-report-0123abcd"
+
+
 def write_synthetic_study(
-    storage: optuna.storages.RDBStorage, name: str, trials: int, seed: int = 0
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    trials: int,
+    seed: int = 0,
+    checkpoint_root: str = CHECKPOINT_ROOT,
 ) -> None:
     """``trials`` finished trials of an ASHA run (grace 1, reduction factor 2, 8 epochs):
-    half stop at each rung (epochs 1, 2, 4) as PRUNED, the rest run 8 epochs as COMPLETE."""
+    half stop at each rung (epochs 1, 2, 4) as PRUNED, the rest run 8 epochs as COMPLETE.
+    Each trial's ``checkpoint`` attribute names ``checkpoint_root/trial_NNNNN``."""
     optuna.create_study(study_name=name, storage=storage, direction="maximize")
     rng = random.Random(seed)
     engine = storage.engine
@@ -68,7 +77,7 @@ def write_synthetic_study(
                 )
             ).all()
         )
-        _insert_rows(connection, tables, plans, ids)
+        _insert_rows(connection, tables, plans, ids, checkpoint_root)
 
 
 def _plan(rng: random.Random) -> dict:
@@ -97,13 +106,13 @@ def _sample(rng: random.Random, distribution: optuna.distributions.BaseDistribut
     return math.exp(rng.uniform(low, high))
 
 
-def _attributes(number: int, plan: dict) -> dict[str, object]:
+def _attributes(number: int, plan: dict, checkpoint_root: str) -> dict[str, object]:
     """The user attributes a real trial of this project carries (about 1 KB of JSON)."""
     epochs = plan["epochs"]
     return {
         "ray_trial_id": f"{number:08x}_{number:05d}",
         "driver": "bench-host:4242",
-        "checkpoint": f"runs/checkpoints/bench-report-0123abcd/trial_{number:05d}",
+        "checkpoint": f"{checkpoint_root}/trial_{number:05d}",
         "config": {
             **plan["params"],
             "stem": "cifar",
@@ -132,7 +141,11 @@ def _attributes(number: int, plan: dict) -> dict[str, object]:
 
 
 def _insert_rows(
-    connection: sa.Connection, tables: sa.MetaData, plans: list[dict], ids: dict[int, int]
+    connection: sa.Connection,
+    tables: sa.MetaData,
+    plans: list[dict],
+    ids: dict[int, int],
+    checkpoint_root: str,
 ) -> None:
     encoded = {name: distribution_to_json(d) for name, d in PARAMS.items()}
     params, values, curves, attrs = [], [], [], []
@@ -149,7 +162,7 @@ def _insert_rows(
         # A PRUNED trial's value is its last epoch's, as Optuna's tell stores it.
         values.append({"trial_id": trial_id, "objective": 0,
                        "value": plan["curve"][plan["epochs"]], "value_type": "FINITE"})  # fmt: skip
-        for key, value in _attributes(number, plan).items():
+        for key, value in _attributes(number, plan, checkpoint_root).items():
             attrs.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
     for table, rows in (("trial_params", params), ("trial_values", values),
                         ("trial_intermediate_values", curves),
