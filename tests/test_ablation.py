@@ -325,3 +325,29 @@ def test_a_cell_lost_before_it_started_is_queued_again(tmp_path: Path) -> None:
     assert plan.enqueue_missing(study) == 1  # that cell, and only that one
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting][-1] == {**arms[0].values, "seed": 0}
+
+
+def test_a_record_from_before_pins_gets_them_when_its_plan_continues(tmp_path: Path) -> None:
+    """An ablation recorded before ``from: study:`` resolutions were pinned: continuing its
+    unchanged plan adds what the plan resolved to, so a later new best cannot change it."""
+    from search.ablation import AblationPlan, resolve_baseline
+    from search.ablation._design import engine_config
+    from search.engine import prepare_study
+
+    config = _config("old", f"sqlite:///{tmp_path / 'old.db'}", tmp_path)
+    baseline = resolve_baseline(config)
+    arms = plan_arms(baseline, config.factors, config.design)
+    engine = engine_config(config, baseline, arms)
+    study = prepare_study(engine, engine.resolve_space(), db.storage(engine.storage))
+    old_record = {k: v for k, v in AblationPlan(config, baseline, arms).record().items()
+                  if k != "sources"}  # fmt: skip
+    study.set_user_attr("ablation", old_record)
+    pinned = {"baseline": {"spec": {"from": "study:s"}, "study": "u", "trial": 3,
+                           "settings": {"lr": 0.1}}}  # fmt: skip
+    plan = AblationPlan(config, baseline, arms, sources=pinned)
+    plan.check(study)
+    plan.enqueue_missing(study)
+    assert db.load(engine.storage, engine.name).user_attrs["ablation"] == {
+        **old_record,
+        "sources": pinned,
+    }

@@ -91,6 +91,8 @@ def test_bench_retention_tells_trial_ends_on_a_synthetic_study(
     assert result["first_end_s"] > 0 and result["end_ms"] > 0
     assert main(["bench", "retention", "--trials", "200", "--ends", "2"]) == 0
     assert "200 trials: the first trial end (ranks the whole study)" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "retention", "--ends", "0"])
-    assert exit_info.value.code == 2
+    for bad in (["--ends", "0"], ["--trials", "10"]):  # 10 trials hold no COMPLETE one
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", "retention", *bad])
+        assert exit_info.value.code == 2
+    assert "hold 0 COMPLETE" in capsys.readouterr().err

@@ -472,7 +472,9 @@ def test_a_source_that_found_a_new_best_does_not_change_a_started_ablation(
 
     search = optuna.load_study(study_name="search", storage=storage)
     search.add_trial(
-        optuna.trial.create_trial(value=0.95, user_attrs={"config": {**best, "lr": 0.1}})
+        optuna.trial.create_trial(
+            value=0.95, user_attrs={"config": {**best, "lr": 0.1, "momentum": 0.9}}
+        )
     )
     pins = SourcePins.of_study(ablation)
     again = resolve_path(config, pins)
@@ -486,6 +488,11 @@ def test_a_source_that_found_a_new_best_does_not_change_a_started_ablation(
     assert anew.target["lr"] == 0.1
     with pytest.raises(IncompatibleStudyError, match="another plan"):
         anew.check(ablation)
+    # An override written next to the same `from` applies on top of the pinned trial.
     changed = _config("p", storage, tmp_path, baseline=baseline,
                       target={"from": "study:search", "lr": 0.02})  # fmt: skip
-    assert resolve_path(changed, SourcePins.of_study(ablation)).target["lr"] == 0.02
+    overridden = resolve_path(changed, SourcePins.of_study(ablation)).target
+    assert overridden["lr"] == 0.02 and overridden["momentum"] == 0.95
+    # The source deleted and made again under its name (another uid): resolved anew.
+    search.set_user_attr("uid", "made-again")
+    assert resolve_path(config, SourcePins.of_study(ablation)).target["momentum"] == 0.9

@@ -31,9 +31,11 @@ from search.store import check_same_split, load_study_readonly
 class SourcePins:
     """What each ``from: study:NAME`` resolved to: the ablation's record keeps it, so that
     running the same file again continues the ablation it started, even after that search
-    found a new best meanwhile (resolving anew would be a changed plan, refused). A section
-    written differently from the record is resolved anew (and then refused as a changed
-    plan, as any change is)."""
+    found a new best meanwhile (resolving anew would be a changed plan, refused). The pin
+    holds while the section names the same source study, the same study (not one deleted
+    and made again under its name); overrides written next to ``from`` apply on top as
+    always. Otherwise the section is resolved anew (and refused as a changed plan, as any
+    change is)."""
 
     pinned: dict[str, Any] = field(default_factory=dict)  # from the study's record
     resolved: dict[str, Any] = field(default_factory=dict)  # section -> spec, trial, settings
@@ -47,9 +49,11 @@ class SourcePins:
     def settings(self, config: AblationConfig, section: str, spec: dict[str, Any]) -> dict:
         source = spec[FROM_KEY]
         written = json.loads(json.dumps(spec))  # as the record stores it
-        best = _best_trial(config, section, source)
+        study, best = _best_trial(config, section, source)
+        uid = study.user_attrs.get(StudyAttr.UID)
         pin = self.pinned.get(section)
-        if pin is not None and pin.get("spec") == written:
+        same_source = pin is not None and (pin.get("spec") or {}).get(FROM_KEY) == source
+        if pin is not None and same_source and pin.get("study") == uid:
             entry = pin
             if pin["trial"] != best.number:
                 self.notes.append(
@@ -58,7 +62,8 @@ class SourcePins:
                     "that)"
                 )
         else:
-            entry = {"spec": written, "trial": best.number, "settings": _settings_of(best)}
+            entry = {"spec": written, "study": uid, "trial": best.number,
+                     "settings": _settings_of(best)}  # fmt: skip
         self.resolved[section] = entry
         return dict(entry["settings"])
 
@@ -94,14 +99,16 @@ def resolve_target(
     return {**pins.settings(config, "target", target), **overrides}
 
 
-def _best_trial(config: AblationConfig, section: str, source: str) -> FrozenTrial:
+def _best_trial(
+    config: AblationConfig, section: str, source: str
+) -> tuple[optuna.Study, FrozenTrial]:
     study = load_study_readonly(source[len(STUDY_PREFIX) :], config.storage)
     # Settings chosen on another split's validation images would be judged on images they
     # were chosen with (or trained on).
     check_same_split(f"{section}.from", source, study, config.dataset.model_dump())
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UserError(f"{section}.from: {source} has no COMPLETE trial yet")
-    return study.best_trial
+    return study, study.best_trial
 
 
 def _settings_of(trial: FrozenTrial) -> dict[str, Any]:
@@ -200,8 +207,12 @@ class AblationPlan:
     def enqueue_missing(self, study: optuna.Study) -> int:
         """Queue every planned cell that no trial of the study covers yet (so no arm x seed
         runs twice, across crashes and reruns); returns how many were queued."""
-        if StudyAttr.ABLATION not in study.user_attrs:
+        stored = study.user_attrs.get(StudyAttr.ABLATION)
+        if stored is None:
             study.set_user_attr(StudyAttr.ABLATION, self.record())
+        elif "sources" not in stored and self.sources:
+            # Recorded before pins were: the plan passed check(), so pin what it resolved to.
+            study.set_user_attr(StudyAttr.ABLATION, {**stored, "sources": self.sources})
         covered: set[tuple[str, int]] = set()
         for trial in study.get_trials(deepcopy=False):
             lost = trial.state == TrialState.FAIL and (

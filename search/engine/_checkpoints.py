@@ -56,6 +56,7 @@ class CheckpointPolicy:
         self._best: list[tuple[tuple[float, int], str]] = []
         self._judged: set[int] = set()
         self._undeleted: list[str] = []
+        self._warned: set[str] = set()
 
     def _owned(self, folder: str | None) -> str | None:
         if not folder:
@@ -72,8 +73,10 @@ class CheckpointPolicy:
         if location is not None:
             try:
                 delete_folder(location)
-            except OSError as error:
-                logger.warning("could not delete checkpoints at %s: %s", location, error)
+            except Exception as error:  # noqa: BLE001 - any storage's error: tried again later
+                if location not in self._warned:  # once per folder, not at every trial's end
+                    self._warned.add(location)
+                    logger.warning("could not delete checkpoints at %s: %s", location, error)
                 return False
         return True
 

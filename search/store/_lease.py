@@ -22,8 +22,8 @@ re-running right after a crash just works:
   shares sessions between clients).
 
 A holder trusts its lease without asking the database only for half the timeout after its
-last successful renewal (on PostgreSQL a quarter: under the two beats' grace above, so a
-holder that was paused while its session ended asks before it writes); past that (it was
+last successful renewal (on PostgreSQL a sixth: a beat under the two beats' grace above, so
+a holder that was paused while its session ended asks before it writes); past that (it was
 paused, or its heartbeat thread was starved), the next write first renews the lease, and a
 renewal that finds another owner means the lease is lost: the driver writes nothing more.
 A driver paused between that check and a write could still write once; the check narrows
@@ -58,10 +58,13 @@ BEATS_PER_TIMEOUT = 6
 # own failed beat has made it stop trusting the lease.
 SESSION_GRACE_BEATS = 2
 # The lease's own PostgreSQL connection: fail fast on a dead network (unanswered sends too:
-# tcp_user_timeout, ms) or a row lock that is not let go, instead of hanging a beat.
-_LIBPQ_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
-                   "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30000,
-                   "options": "-c statement_timeout=20000 -c lock_timeout=20000"}  # fmt: skip
+# tcp_user_timeout, ms; client-side settings) or a row lock that is not let go (set on the
+# session once connected: a session-mode PgBouncer refuses server settings at start-up).
+_LIBPQ_TIMEOUTS = {
+    "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+    "keepalives_count": 3, "tcp_user_timeout": 30000,
+}  # fmt: skip
+_SESSION_TIMEOUTS = (sa.text("SET statement_timeout = 20000"), sa.text("SET lock_timeout = 20000"))
 
 
 class LeaseHeldError(UserError):
@@ -176,7 +179,11 @@ class DriverLease:
         self.study_name = study_name
         self.timeout_s = timeout_s
         # Never slower than timeout / 6: a newcomer's grace after an ended session assumes it.
+        # On PostgreSQL twice as often: the lease is trusted for one beat of timeout / 6
+        # (trusted_for_s), and a beat every half of that keeps writes from asking first.
         beat = timeout_s / BEATS_PER_TIMEOUT
+        if engine.dialect.name == "postgresql":
+            beat /= 2
         self.heartbeat_every_s = min(heartbeat_every_s or beat, beat)
         self.owner = uuid.uuid4().hex
         self.took_over: LeaseHolder | None = None
@@ -221,6 +228,8 @@ class DriverLease:
         self._session = self._session_engine.connect().execution_options(
             isolation_level="AUTOCOMMIT"
         )
+        for setting in _SESSION_TIMEOUTS:
+            self._session.execute(setting)
         if self.session_lock is None:
             self.session_lock = secrets.randbits(62)
         self._locked = bool(
@@ -342,10 +351,11 @@ class DriverLease:
 
     def trusted_for_s(self) -> float:
         """How long a renewal is trusted without asking again: half the timeout; on
-        PostgreSQL a quarter, under the two beats after which a newcomer may take over from
-        an ended session, whatever the heartbeat thread does (paused, starved, dead)."""
+        PostgreSQL a sixth, one beat under the two (a third of the timeout) after which a
+        newcomer may take over from an ended session, whatever the heartbeat thread does
+        (paused, starved, dead): that beat is the margin for the hosts' clocks."""
         if self.session_lock is not None:
-            return (SESSION_GRACE_BEATS - 0.5) * self.timeout_s / BEATS_PER_TIMEOUT
+            return (SESSION_GRACE_BEATS - 1) * self.timeout_s / BEATS_PER_TIMEOUT
         return self.timeout_s / 2
 
     def still_held(self) -> bool:
