@@ -232,6 +232,10 @@ class DriverLease:
             self._session.execute(setting)
         if self.session_lock is None:
             self.session_lock = secrets.randbits(62)
+        self._take_lock()
+
+    def _take_lock(self) -> None:
+        assert self._session is not None
         self._locked = bool(
             self._session.execute(_TRY_LOCK, {"key": self.session_lock}).scalar_one()
         )
@@ -335,9 +339,7 @@ class DriverLease:
                 self._close_session()
                 self._open_session()
             elif not self._locked:  # a newcomer's probe held it when we reconnected
-                self._locked = bool(
-                    self._session.execute(_TRY_LOCK, {"key": self.session_lock}).scalar_one()
-                )
+                self._take_lock()
             assert self._session is not None
             return self._session.execute(renew).rowcount
         except sa.exc.SQLAlchemyError:
