@@ -95,3 +95,21 @@ def test_placement_groups_are_told_apart_by_the_job_that_made_them(
     assert demand.holding == {"02000000", "03000000"}
     with_gpus = cluster_demand("01000000", frozenset({"CPU", "GPU"}))
     assert with_gpus.waiting == {"02000000", "05000000", "06000000"}
+
+
+def test_a_slow_read_of_the_cluster_stretches_the_interval() -> None:
+    """Reading the placement groups costs more as Ray's table grows: the share looks again
+    only after 20 times the last read's duration, whatever ``check_every_s`` says."""
+    import time
+
+    calls: list[str] = []
+
+    def slow(job: str, kinds: frozenset[str]) -> ClusterDemand:
+        calls.append(job)
+        time.sleep(0.1)
+        return ClusterDemand()
+
+    share = ClusterShare(2, check_every_s=0.0, demand=slow, own_job="01000000")
+    share.share()
+    share.share()  # within 20 x 0.1 s of the first read
+    assert calls == ["01000000"]
